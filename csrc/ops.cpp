@@ -1,0 +1,32 @@
+// The seer_kernels operator schemas, declared once. Kernels live in csrc/cpu/*.cpp
+// (dispatch key CPU) and csrc/cuda/*.cu (dispatch key CUDA); fake (meta) kernels and
+// autograd are registered from Python (seer_kernels/<op>.py). Triton kernels enter as
+// their own ops through torch.library.triton_op (seer_kernels::*_triton).
+#include <torch/library.h>
+
+TORCH_LIBRARY(seer_kernels, m) {
+  // Sinkhorn-Knopp codes (SwAV). scores (B, K) fp32/bf16/fp16 -> codes (B, K) fp32.
+  m.def("sinkhorn(Tensor scores, float epsilon, int iterations) -> Tensor");
+  // Building blocks of the distributed Sinkhorn (one pass over the rows each).
+  // x[b, k] = scores[b, k] / epsilon + log_u[k], minus logsumexp_k x[b, :] when
+  // normalize_rows. colstats returns (2, K) fp32: row 0 = max_b x, row 1 =
+  // sum_b exp(x - max_b x); codes returns softmax_k(x) (normalize_rows) or exp(x).
+  m.def("sinkhorn_colstats(Tensor scores, Tensor log_u, float epsilon, bool normalize_rows) -> Tensor");
+  m.def("sinkhorn_codes(Tensor scores, Tensor log_u, float epsilon, bool normalize_rows) -> Tensor");
+
+  // Cosine prototype scores: (N, D) x (K, D) -> (N, K), plus the fp32 inverse row
+  // norms of both operands (ones when normalize is false), saved for backward.
+  m.def(
+      "prototype_scores(Tensor embeddings, Tensor prototypes, bool normalize) -> (Tensor, Tensor, "
+      "Tensor)");
+  m.def(
+      "prototype_scores_backward(Tensor grad, Tensor embeddings, Tensor prototypes, Tensor "
+      "embeddings_rnorm, Tensor prototypes_rnorm, bool normalize) -> (Tensor, Tensor)");
+
+  // Multi-crop swapped-prediction cross-entropy: scores (V, B, K), codes (A, B, K) ->
+  // (scalar fp32 loss, fp32 (V, B) logsumexp of scores / temperature).
+  m.def("swav_cross_entropy(Tensor scores, Tensor codes, float temperature) -> (Tensor, Tensor)");
+  m.def(
+      "swav_cross_entropy_backward(Tensor grad_loss, Tensor scores, Tensor codes, Tensor lse, float "
+      "temperature) -> Tensor");
+}

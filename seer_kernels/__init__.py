@@ -1,0 +1,25 @@
+"""seer_kernels: fused Sinkhorn-Knopp, prototype scoring and multi-crop softmax
+cross-entropy for SwAV/SEER training, as torch ops with autograd.
+
+    import seer_kernels as sk
+    codes = sk.sinkhorn(scores, epsilon=0.05, iterations=3)        # (B, K) -> (B, K)
+    scores = sk.prototype_scores(embeddings, prototypes)           # (N, D), (K, D) -> (N, K)
+    loss = sk.swav_cross_entropy(crop_scores, codes, temperature=0.1)  # (V, B, K), (A, B, K)
+
+Every op takes `backend=None` ("reference", "cpu", "cuda", "triton"); see
+`available_backends()` and `python -m seer_kernels.info`.
+"""
+
+from seer_kernels._backend import available_backends, build_info
+from seer_kernels.cross_entropy import swav_cross_entropy
+from seer_kernels.prototype_scores import prototype_scores
+from seer_kernels.sinkhorn import sinkhorn
+
+__all__ = [
+    "available_backends",
+    "build_info",
+    "prototype_scores",
+    "sinkhorn",
+    "swav_cross_entropy",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,106 @@
+"""Which backends are built and usable, and which one runs a given call.
+
+Backends:
+  reference  plain PyTorch (seer_kernels.reference), any device.
+  cpu        the compiled C++ kernels of seer_kernels._C, CPU tensors.
+  cuda       the compiled CUDA kernels of seer_kernels._C, CUDA tensors.
+  triton     the Triton kernels, CUDA tensors (and CPU tensors when TRITON_INTERPRET=1
+             was set before triton was imported; that is how CI tests them).
+
+`backend=None` picks the first usable entry of DEFAULT_ORDER for the tensor's device;
+the environment variable SEER_KERNELS_BACKEND overrides that choice.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+# Fastest first, per device type (see benchmarks/results for the measurements).
+DEFAULT_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
+
+
+def _load_extension():
+    try:
+        return importlib.import_module("seer_kernels._C"), None
+    except ImportError as exc:
+        return None, str(exc)
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# Facts fixed for the life of the process, read once at import so that torch.compile
+# traces backend selection as constants instead of breaking the graph on an import.
+_C, _C_ERROR = _load_extension()
+_C_HAS_CUDA = bool(_C is not None and _C.build_info()["cuda"])
+_HAS_TRITON = _has_triton()
+
+
+def extension():
+    """The compiled module seer_kernels._C, or None when it is not built."""
+    return _C
+
+
+def build_info() -> dict:
+    """How seer_kernels._C was compiled (compiler, torch, CUDA version and archs)."""
+    if _C is None:
+        raise RuntimeError(f"seer_kernels._C is not built: {_C_ERROR}")
+    return dict(_C.build_info())
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _usable(name: str, device_type: str) -> bool:
+    if name == "reference":
+        return True
+    if name == "cpu":
+        return device_type == "cpu" and _C is not None
+    if name == "cuda":
+        return device_type == "cuda" and _C_HAS_CUDA and torch.cuda.is_available()
+    if name == "triton":
+        if not _HAS_TRITON:
+            return False
+        if device_type == "cuda":
+            return torch.cuda.is_available()
+        return device_type == "cpu" and triton_interpreted()
+    return False
+
+
+def available_backends(device: str | torch.device | None = None) -> list[str]:
+    """Backends usable for tensors on `device` (default: every device this process has)."""
+    if device is None:
+        types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        return [b for b in BACKENDS if any(_usable(b, t) for t in types)]
+    device_type = torch.device(device).type
+    return [b for b in BACKENDS if _usable(b, device_type)]
+
+
+def resolve(backend: str | None, device: torch.device) -> str:
+    """The backend that runs a call on `device`: explicit argument, else the
+    SEER_KERNELS_BACKEND environment variable, else the fastest usable one."""
+    requested = backend if backend is not None else os.environ.get("SEER_KERNELS_BACKEND") or None
+    if requested is None:
+        for name in DEFAULT_ORDER.get(device.type, ("reference",)):
+            if _usable(name, device.type):
+                return name
+        return "reference"
+    if requested not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {requested!r}")
+    if not _usable(requested, device.type):
+        raise RuntimeError(
+            f"backend {requested!r} is not available for {device.type} tensors; "
+            f"available: {available_backends(device)}"
+            + (f" (seer_kernels._C failed to load: {_C_ERROR})" if _C is None else "")
+        )
+    return requested

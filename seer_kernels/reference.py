@@ -1,0 +1,122 @@
+"""Plain-PyTorch reference implementations: the oracle of every test and a baseline of
+every benchmark. Written for clarity, not speed.
+
+- sinkhorn: SwAV's Sinkhorn-Knopp in the log domain (finite at eps = 0.01 and with
+  fp16/bf16 inputs, where the plain formulation returns NaN).
+- swav_sinkhorn_baseline: the plain SwAV formulation as users run it today.
+- prototype_scores: cosine scores of embeddings against prototypes.
+- swav_cross_entropy: the loop over (assignment crop, other crop) pairs that SwAV and
+  lightly write, one log-softmax per pair.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from seer_kernels import _distributed
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _col_logsumexp(x: torch.Tensor, group) -> torch.Tensor:
+    m = x.amax(dim=0)
+    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = torch.exp(x - m_safe).sum(dim=0)
+    return _distributed.combine_colstats(torch.stack([m_safe, s]), group)
+
+
+@torch.no_grad()
+def sinkhorn(
+    scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, process_group=None
+) -> torch.Tensor:
+    """SwAV's Sinkhorn-Knopp codes of `scores` (B, K), in the log domain.
+
+    SwAV: Q = exp(scores / eps)^T (K x B), Q /= sum(Q); `iterations` times {each
+    prototype row to 1/K, each sample column to 1/B}; return (Q * B)^T. With Q[k, b] =
+    exp(L[b, k] + log_u[k] + log_v[b]), L = scores / eps, the prototype step sets
+    log_u = -log K - logsumexp_b(L + log_v) and the sample step makes each row of the
+    result softmax_k(L[b] + log_u). Per-sample constants cancel, so only log_u is kept.
+    Returns float32 (float64 for float64 input); every row sums to 1 (iterations >= 1).
+    """
+    group = _distributed.group_or_none(process_group)
+    dtype = _compute_dtype(scores)
+    logits = scores.to(dtype) / epsilon
+    k = logits.shape[1]
+    b_total = _distributed.global_rows(logits.shape[0], logits.device, group).to(dtype)
+    if iterations == 0:
+        # Only the total normalization: B * exp(L) / sum(exp(L)).
+        total = torch.logsumexp(_col_logsumexp(logits, group), dim=0)
+        return torch.exp(logits - total + torch.log(b_total))
+    log_u = -_col_logsumexp(logits, group) - math.log(k)
+    for _ in range(iterations - 1):
+        log_p = torch.log_softmax(logits + log_u, dim=1)
+        log_u = log_u + torch.log(b_total) - math.log(k) - _col_logsumexp(log_p, group)
+    return torch.softmax(logits + log_u, dim=1)
+
+
+@torch.no_grad()
+def swav_sinkhorn_baseline(
+    scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, process_group=None
+) -> torch.Tensor:
+    """The plain SwAV formulation (SwAV's repository, lightly): exp, then alternating
+    normalizations, in the input's dtype. Overflows in fp16 at eps 0.05 and returns NaN
+    once exp(score / eps) overflows or a row/column underflows to all zeros."""
+    group = _distributed.group_or_none(process_group)
+    q = torch.exp(scores / epsilon).t()
+    b = q.shape[1]
+    if group is not None:
+        b_t = torch.tensor([b], device=q.device)
+        dist.all_reduce(b_t, group=group)
+        b = int(b_t.item())
+    k = q.shape[0]
+    total = q.sum()
+    if group is not None:
+        dist.all_reduce(total, group=group)
+    q /= total
+    for _ in range(iterations):
+        rows = q.sum(dim=1, keepdim=True)
+        if group is not None:
+            dist.all_reduce(rows, group=group)
+        q /= rows
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= b
+    q *= b
+    return q.t()
+
+
+def prototype_scores(
+    embeddings: torch.Tensor, prototypes: torch.Tensor, normalize: bool = True
+) -> torch.Tensor:
+    """(N, D) x (K, D) -> (N, K): normalize(embeddings) @ normalize(prototypes)^T with
+    row-wise L2 normalization (eps 1e-12, as F.normalize); plain product if not normalize."""
+    if normalize:
+        embeddings = F.normalize(embeddings, dim=1, eps=1e-12)
+        prototypes = F.normalize(prototypes, dim=1, eps=1e-12)
+    return embeddings @ prototypes.t()
+
+
+def swav_cross_entropy(scores: torch.Tensor, codes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """SwAV's swapped-prediction loss over crops: scores (V, B, K), codes (A, B, K).
+
+    mean over a < A of 1/(V-1) * sum_{v != a} mean_b[-sum_k codes[a, b, k] *
+    log_softmax(scores[v, b] / T)_k]. Differentiable in scores; codes carry no gradient.
+    """
+    n_crops, n_assign = scores.shape[0], codes.shape[0]
+    codes = codes.detach()
+    loss = scores.new_zeros((), dtype=torch.promote_types(scores.dtype, torch.float32))
+    for a in range(n_assign):
+        sub = scores.new_zeros((), dtype=loss.dtype)
+        for v in range(n_crops):
+            if v == a:
+                continue
+            log_p = torch.log_softmax(scores[v].to(loss.dtype) / temperature, dim=1)
+            sub = sub - (codes[a].to(loss.dtype) * log_p).sum(dim=1).mean()
+        loss = loss + sub / (n_crops - 1)
+    return loss / n_assign
