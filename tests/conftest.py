@@ -1,0 +1,21 @@
+"""Test setup. Without a CUDA GPU the Triton kernels run under the Triton interpreter on
+CPU tensors; TRITON_INTERPRET must be set before triton is first imported."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs these)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
