@@ -11,8 +11,11 @@ TORCH_LIBRARY(seer_kernels, m) {
   // x[b, k] = scores[b, k] / epsilon + log_u[k], minus logsumexp_k x[b, :] when
   // normalize_rows. colstats returns (2, K) fp32: row 0 = max_b x, row 1 =
   // sum_b exp(x - max_b x); codes returns softmax_k(x) (normalize_rows) or exp(x).
-  m.def("sinkhorn_colstats(Tensor scores, Tensor log_u, float epsilon, bool normalize_rows) -> Tensor");
-  m.def("sinkhorn_codes(Tensor scores, Tensor log_u, float epsilon, bool normalize_rows) -> Tensor");
+  m.def(
+      "sinkhorn_colstats(Tensor scores, Tensor log_u, float epsilon, bool normalize_rows) -> "
+      "Tensor");
+  m.def(
+      "sinkhorn_codes(Tensor scores, Tensor log_u, float epsilon, bool normalize_rows) -> Tensor");
 
   // Cosine prototype scores: (N, D) x (K, D) -> (N, K), plus the fp32 inverse row
   // norms of both operands (ones when normalize is false), saved for backward.
@@ -27,6 +30,7 @@ TORCH_LIBRARY(seer_kernels, m) {
   // (scalar fp32 loss, fp32 (V, B) logsumexp of scores / temperature).
   m.def("swav_cross_entropy(Tensor scores, Tensor codes, float temperature) -> (Tensor, Tensor)");
   m.def(
-      "swav_cross_entropy_backward(Tensor grad_loss, Tensor scores, Tensor codes, Tensor lse, float "
+      "swav_cross_entropy_backward(Tensor grad_loss, Tensor scores, Tensor codes, Tensor lse, "
+      "float "
       "temperature) -> Tensor");
 }

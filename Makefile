@@ -1,0 +1,56 @@
+# One command per habit. `make test` and `make demo` do all the set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+# torch is pinned to what this project is built and tested against; override to taste.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+# The venv first on PATH: its ninja (for cmake), python and tools.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: venv build test test-py ctest lint format demo bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: $(BIN)/activate requirements-dev.txt
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.deps
+
+# Compiles seer_kernels._C (CPU, and CUDA when a toolkit is found) against the venv's torch.
+build: venv
+	MAX_JOBS=$${MAX_JOBS:-2} $(BIN)/pip install -q --no-build-isolation --no-deps -e .
+
+ctest: venv
+	cmake -S . -B build/cmake -G Ninja -DPython3_EXECUTABLE=$(abspath $(PY)) >/dev/null
+	cmake --build build/cmake
+	ctest --test-dir build/cmake --output-on-failure
+
+test-py: build
+	$(PY) -m seer_kernels.info
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+test: build ctest test-py
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/clang-format --dry-run --Werror $$(find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BIN)/clang-format -i $$(find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
+
+demo: build
+	$(PY) -m seer_kernels.demo
+
+bench: build
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf build *.egg-info seer_kernels/_C*.so .pytest_cache

@@ -1,0 +1,51 @@
+"""`python -m seer_kernels.info`: versions, how the extension was built, and which
+backends are built and usable on this machine."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import torch
+
+from seer_kernels import _backend
+
+
+def report() -> list[str]:
+    lines = [
+        f"python       {sys.version.split()[0]} ({platform.machine()})",
+        f"torch        {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})",
+    ]
+    try:
+        import triton
+
+        triton_line = triton.__version__
+    except ImportError:
+        triton_line = "not installed"
+    lines.append(f"triton       {triton_line}" + (" (interpreter)" if _backend.triton_interpreted() else ""))
+    if _backend.extension() is None:
+        lines.append(f"extension    NOT BUILT: {_backend._C_ERROR}")
+    else:
+        info = _backend.build_info()
+        lines.append(f"extension    seer_kernels._C, {info['compiler']}, torch {info['torch']}")
+        cuda = f"CUDA {info['cuda_version']}, archs {info['cuda_archs']}" if info["cuda"] else "not built"
+        lines.append(f"cuda kernels {cuda}")
+    if torch.cuda.is_available():
+        lines.append(
+            f"gpu          {torch.cuda.get_device_name()} (capability {torch.cuda.get_device_capability()})"
+        )
+    else:
+        lines.append("gpu          none visible")
+    for device in ("cpu", "cuda"):
+        usable = _backend.available_backends(device)
+        default = _backend.resolve(None, torch.device(device))
+        lines.append(f"{device:<4} backends {', '.join(usable)} (default: {default})")
+    return lines
+
+
+def main() -> None:
+    print("\n".join(report()))
+
+
+if __name__ == "__main__":
+    main()
