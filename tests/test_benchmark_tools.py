@@ -1,0 +1,78 @@
+"""The benchmark tooling: summaries from pytest-benchmark JSON, and the GPU check
+script's GPU-less behaviour (argument parsing, a clean failure without a GPU)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import readme, run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench(group, backend, median, baseline=False, nbytes=None):
+    return {
+        "group": group,
+        "name": f"test[{backend}]",
+        "stats": {"median": median},
+        "extra_info": {"op": "sinkhorn", "backend": backend, "baseline": baseline, "bytes": nbytes},
+    }
+
+
+def test_speedups_against_every_baseline():
+    data = {
+        "benchmarks": [
+            _bench("g", "reference", 4.0, baseline=True),
+            _bench("g", "reference+compile", 2.0, baseline=True),
+            _bench("g", "cpu", 1.0, nbytes=2e9),
+        ]
+    }
+    rows = run.rows_from_pytest_json(data)
+    assert rows[2]["GBps"] == pytest.approx(2.0)
+    (entry,) = run.speedups(rows)
+    assert entry["backend"] == "cpu"
+    assert entry["vs"] == {"reference": pytest.approx(4.0), "reference+compile": pytest.approx(2.0)}
+
+
+def test_results_files_and_readme_section(tmp_path, monkeypatch):
+    rows = run.rows_from_pytest_json(
+        {"benchmarks": [_bench("g", "reference", 3.0, baseline=True), _bench("g", "cpu", 1.0)]}
+    )
+    info = {"date": "2026-01-01", "torch": "x", "triton": "y", "cpu": "z", "cores": 2, "device": "cpu"}
+    ceil = {"copy_GBps": 10.0, "matmul_TFLOPs": 0.1, "matmul_dtype": "float32"}
+    md = run.write_results(rows, info, ceil, tmp_path)
+    assert "3.00x reference" in md.read_text()
+    assert (tmp_path / "cpu2-2026-01-01.png").exists()
+    assert (tmp_path / "cpu2-2026-01-01.json").exists()
+    monkeypatch.setattr(readme, "RESULTS", tmp_path)
+    monkeypatch.setattr(readme, "ROOT", tmp_path)
+    target = tmp_path / "README.md"
+    target.write_text("# x\n")
+    readme.update(target)
+    readme.update(target)  # idempotent: one section
+    text = target.read_text()
+    assert text.count(readme.START) == 1 and "3.00x reference" in text
+
+
+def test_ceilings_are_measured():
+    ceil = run.ceilings(torch.device("cpu"))
+    assert ceil["copy_GBps"] > 0.1 and ceil["matmul_TFLOPs"] > 0
+
+
+def test_gpu_check_usage_and_clean_failure_without_gpu(tmp_path):
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the script would run for real")
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable}
+    res = subprocess.run(
+        ["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert res.returncode == 3, res.stderr
+    assert "no CUDA GPU visible" in res.stderr
