@@ -213,7 +213,8 @@ class SwAVLoss(nn.Module):
     """lightly's `SwaVLoss` on the fused ops: same arguments, same value, same gradients.
 
     Every high-resolution crop is an assignment crop. `forward` returns a tensor of
-    shape (1,) as lightly's does (`swav_loss` returns a 0-d tensor).
+    shape (1,) as lightly's does (`swav_loss` returns a 0-d tensor). `backend` (keyword
+    only, not in lightly) forces the backend of every op; None picks the fastest.
 
     Raises ValueError at construction when `sinkhorn_gather_distributed` is True and
     torch.distributed is not available (as lightly), and in `forward` for crops of

@@ -216,7 +216,7 @@ def test_tensor_first_form_equals_module(backend):
     )
     b = SwAVLoss(0.2, 4, 0.04, backend=backend)(x[:2], x[2:], list(queue))
     assert a.dim() == 0 and b.shape == (1,)
-    torch.testing.assert_close(a, b[0], rtol=0, atol=0)
+    torch.testing.assert_close(a, b[0], rtol=1e-6, atol=0)  # same calls; allow reduction order
     # Queue rows before the batch (SwAV's layout) instead of after (lightly's): same codes.
     after = swav_codes(stacked[:2], queue_scores=queue, backend=backend)
     before = torch.stack(
