@@ -1,0 +1,490 @@
+"""SwAV building blocks on the fused ops: the loss, the prototypes, the projection head
+and the feature queue, drop-in for lightly's `SwaVLoss` / `SwaVPrototypes` /
+`SwaVProjectionHead` and for the loop of the original SwAV script.
+
+    from seer_kernels.swav import SwAVLoss, SwAVPrototypes, SwAVProjectionHead, SwAVQueue
+
+Everything runs on the public ops (`seer_kernels.sinkhorn`, `prototype_scores`,
+`swav_cross_entropy`), so the backend underneath (`reference`, `cpu`, `cuda`, `triton`)
+is picked per call as everywhere else (`backend=None`, or SEER_KERNELS_BACKEND).
+
+Per step the loss costs one fused Sinkhorn per assignment crop (the op solves one
+(B, K) transport problem; the crops are independent problems, and stacking them into one
+call would change the result) and ONE fused cross-entropy over every (assignment crop,
+other crop) pair, instead of lightly's A * (V - 1) log-softmax passes.
+
+Differences from lightly, on purpose:
+- `SwAVPrototypes` has no bias. SwAV's prototypes are `nn.Linear(dim, K, bias=False)`;
+  lightly's became `nn.Linear(dim, K)` with the default bias=True, so its scores are
+  cosine + a trained bias (initialized uniform in +-1/sqrt(dim), the same size as the
+  cosines). Checkpoints of lightly's prototypes load into ours with `strict=False`
+  (the `heads.<i>.bias` keys are dropped; the weights keep their names).
+- With `cosine=True` (default) the prototypes normalize the embeddings AND the prototype
+  rows inside the fused op: the forward values equal SwAV's (normalized embeddings
+  times prototypes normalized in place each step) without the F.normalize call, and the
+  prototype gradient is the tangent component of SwAV's (SwAV's radial component is
+  removed by its next `normalize()` anyway). `cosine=False` is SwAV's exact `x @ W^T`.
+- The loss is float32 (float64 for float64 scores) whatever the score dtype: lightly's
+  is in the scores' dtype, which under bf16 autocast rounds the codes to bf16.
+- A single crop (V = 1) raises ValueError; lightly divides by V - 1 = 0 and returns NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from seer_kernels.cross_entropy import swav_cross_entropy
+from seer_kernels.prototype_scores import prototype_scores
+from seer_kernels.sinkhorn import sinkhorn
+
+__all__ = [
+    "SwAVLoss",
+    "SwAVProjectionHead",
+    "SwAVPrototypes",
+    "SwAVQueue",
+    "gather_group",
+    "swav_codes",
+    "swav_loss",
+]
+
+QueueScores = torch.Tensor | Sequence[torch.Tensor] | None
+
+
+# ------------------------------------------------------------------------ checks
+
+
+def _score_matrix(name: str, value, k: int | None = None) -> torch.Tensor:
+    """A (rows, K) score tensor, K matching `k` when given."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D (B, K) tensor, got shape {tuple(value.shape)}")
+    if k is not None and value.shape[1] != k:
+        raise ValueError(
+            f"{name} has K={value.shape[1]} prototypes but the crops have K={k} (shape {tuple(value.shape)})"
+        )
+    return value
+
+
+def _crop_list(name: str, crops) -> list[torch.Tensor]:
+    """A list of per-crop tensors from a list/tuple of them or a stacked tensor."""
+    if isinstance(crops, torch.Tensor):
+        if crops.dim() != 3:
+            raise ValueError(f"{name} as one tensor must be (n_crops, B, K), got shape {tuple(crops.shape)}")
+        return list(crops.unbind(0))
+    if not isinstance(crops, Sequence):
+        raise TypeError(f"{name} must be a list of (B, K) tensors, got {type(crops).__name__}")
+    return list(crops)
+
+
+def _check_crops(high: list[torch.Tensor], low: list[torch.Tensor]) -> None:
+    """Every crop must be (B, K) with the same B and K as the first high-resolution crop."""
+    if len(high) == 0:
+        raise ValueError("high_resolution_outputs must hold at least one crop, got an empty list")
+    shape = _score_matrix("high_resolution_outputs[0]", high[0]).shape
+    for group, crops in (("high_resolution_outputs", high), ("low_resolution_outputs", low)):
+        for i, crop in enumerate(crops):
+            _score_matrix(f"{group}[{i}]", crop, shape[1])
+            if crop.shape != shape:
+                raise ValueError(
+                    f"every crop must have the shape (B, K) = {tuple(shape)} of "
+                    f"high_resolution_outputs[0], got {group}[{i}] of shape {tuple(crop.shape)}"
+                )
+    if len(high) + len(low) < 2:
+        raise ValueError(
+            "SwAV's swapped prediction needs at least two crops, got one high-resolution crop and no "
+            "low-resolution crop"
+        )
+
+
+def _check_queue(queue_scores: QueueScores, n_assign: int, k: int) -> list[torch.Tensor] | None:
+    """queue_scores: None, an (A, Q, K) tensor, or A tensors (Q_a, K); one per assignment crop."""
+    if queue_scores is None:
+        return None
+    if isinstance(queue_scores, torch.Tensor):
+        if queue_scores.dim() != 3:
+            raise ValueError(
+                f"queue_scores must be an (A, Q, K) tensor or a list of A (Q, K) tensors, "
+                f"got a tensor of shape {tuple(queue_scores.shape)}"
+            )
+        queue_scores = queue_scores.unbind(0)
+    queue = _crop_list("queue_outputs", queue_scores)
+    if len(queue) != n_assign:
+        raise ValueError(
+            f"the queue must hold one (Q, K) score tensor per assignment crop: got {len(queue)} for "
+            f"{n_assign} assignment crop(s)"
+        )
+    return [_score_matrix(f"queue_outputs[{i}]", q, k) for i, q in enumerate(queue)]
+
+
+def _check_stacked(scores, n_assign) -> None:
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
+    if scores.dim() != 3:
+        raise ValueError(f"scores must be a 3-D (V, B, K) tensor, got shape {tuple(scores.shape)}")
+    if isinstance(n_assign, bool) or not isinstance(n_assign, int):
+        raise TypeError(f"n_assign must be an int, got {type(n_assign).__name__}")
+    if not 1 <= n_assign <= scores.shape[0]:
+        raise ValueError(f"n_assign must be in [1, V={scores.shape[0]}], got {n_assign}")
+
+
+# ------------------------------------------------------------------------ loss
+
+
+def gather_group(gather_distributed: bool):
+    """The process group lightly's `sinkhorn_gather_distributed` means: the default group
+    when torch.distributed is initialized with more than one process, else None (lightly
+    silently runs single-process when it is not initialized)."""
+    if not (gather_distributed and dist.is_available() and dist.is_initialized()):
+        return None
+    return "world" if dist.get_world_size() > 1 else None
+
+
+def swav_codes(
+    assign_scores: torch.Tensor,
+    *,
+    epsilon: float = 0.05,
+    iterations: int = 3,
+    queue_scores: QueueScores = None,
+    process_group=None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Sinkhorn codes of the assignment crops: (A, B, K) scores -> (A, B, K) float32 codes.
+
+    Each crop is its own transport problem over its B batch rows plus its queue rows
+    (`queue_scores[a]`, appended after the batch as lightly does; SwAV prepends them,
+    which gives the same codes). The queue rows' codes are dropped. No gradient."""
+    n_assign, b, k = assign_scores.shape
+    queue = _check_queue(queue_scores, n_assign, k)
+    codes = []
+    for a in range(n_assign):
+        rows = assign_scores[a].detach()
+        if queue is not None:
+            rows = torch.cat((rows, queue[a].detach().to(rows.dtype)))
+        q = sinkhorn(rows, epsilon, iterations, process_group=process_group, backend=backend)
+        codes.append(q[:b])
+    return torch.stack(codes)
+
+
+def swav_loss(
+    scores: torch.Tensor,
+    n_assign: int,
+    *,
+    temperature: float = 0.1,
+    sinkhorn_iterations: int = 3,
+    sinkhorn_epsilon: float = 0.05,
+    queue_scores: QueueScores = None,
+    process_group=None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """SwAV's loss on stacked crop scores, for trainers that already stack.
+
+    Args:
+        scores: (V, B, K) prototype scores of V crops; the first `n_assign` are the
+            assignment crops (SwAV's crops_for_assign = 0..A-1).
+        n_assign: A, 1 <= A <= V.
+        temperature: softmax temperature of the predictions (SwAV 0.1).
+        sinkhorn_iterations, sinkhorn_epsilon: Sinkhorn rounds and regularization.
+        queue_scores: None, (A, Q, K) or A tensors (Q_a, K): scores of queued embeddings
+            of each assignment crop, used only by the Sinkhorn.
+        process_group: torch.distributed group (or "world") the Sinkhorn spans.
+        backend: forced backend of every op, or None.
+    Returns: the scalar loss, float32 (float64 for float64 scores), differentiable in
+    `scores`: mean over a < A of 1/(V-1) sum_{v != a} CE(codes[a], softmax(scores[v] / T)).
+    """
+    _check_stacked(scores, n_assign)
+    codes = swav_codes(
+        scores[:n_assign],
+        epsilon=sinkhorn_epsilon,
+        iterations=sinkhorn_iterations,
+        queue_scores=queue_scores,
+        process_group=process_group,
+        backend=backend,
+    )
+    return swav_cross_entropy(scores, codes, temperature, backend=backend)
+
+
+class SwAVLoss(nn.Module):
+    """lightly's `SwaVLoss` on the fused ops: same arguments, same value, same gradients.
+
+    Every high-resolution crop is an assignment crop. `forward` returns a tensor of
+    shape (1,) as lightly's does (`swav_loss` returns a 0-d tensor). `backend` (keyword
+    only, not in lightly) forces the backend of every op; None picks the fastest.
+
+    Raises ValueError at construction when `sinkhorn_gather_distributed` is True and
+    torch.distributed is not available (as lightly), and in `forward` for crops of
+    different shapes, an empty high-resolution list, a single crop in all, or queue
+    scores that do not match (count or K).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        sinkhorn_iterations: int = 3,
+        sinkhorn_epsilon: float = 0.05,
+        sinkhorn_gather_distributed: bool = False,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if sinkhorn_gather_distributed and not dist.is_available():
+            raise ValueError(
+                "sinkhorn_gather_distributed is True but torch.distributed is not available; "
+                "set sinkhorn_gather_distributed=False or use a torch build with distributed support"
+            )
+        self.temperature = temperature
+        self.sinkhorn_iterations = sinkhorn_iterations
+        self.sinkhorn_epsilon = sinkhorn_epsilon
+        self.sinkhorn_gather_distributed = sinkhorn_gather_distributed
+        self.backend = backend
+
+    def subloss(self, z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """lightly's per-pair cross-entropy CE(q, softmax(z / T)), on the fused op (the
+        first crop of the pair stack is the assignment crop and is skipped)."""
+        return swav_cross_entropy(torch.stack((z, z)), q.unsqueeze(0), self.temperature, backend=self.backend)
+
+    def forward(
+        self,
+        high_resolution_outputs: Sequence[torch.Tensor],
+        low_resolution_outputs: Sequence[torch.Tensor],
+        queue_outputs: QueueScores = None,
+    ) -> torch.Tensor:
+        """Args as lightly: lists of (B, K) scores of the high- and low-resolution crops,
+        and optionally one (Q, K) tensor of queue scores per high-resolution crop."""
+        high = _crop_list("high_resolution_outputs", high_resolution_outputs)
+        low = _crop_list("low_resolution_outputs", low_resolution_outputs)
+        _check_crops(high, low)
+        loss = swav_loss(
+            torch.stack(high + low),
+            len(high),
+            temperature=self.temperature,
+            sinkhorn_iterations=self.sinkhorn_iterations,
+            sinkhorn_epsilon=self.sinkhorn_epsilon,
+            queue_scores=queue_outputs,
+            process_group=gather_group(self.sinkhorn_gather_distributed),
+            backend=self.backend,
+        )
+        return loss.reshape(1)
+
+
+# ------------------------------------------------------------------------ heads
+
+
+class SwAVPrototypes(nn.Module):
+    """SwAV's prototypes (one or several heads), bias-free, scored by the fused op.
+
+    Args:
+        input_dim: embedding size D.
+        n_prototypes: K, or a list of K's for SwAV's multi-prototype heads.
+        n_steps_frozen_prototypes: the prototypes get no gradient while
+            `step < n_steps_frozen_prototypes` (SwAV's freeze_prototypes_niters); `step`
+            must then be passed to forward (ValueError otherwise, as lightly).
+        cosine: normalize embeddings and prototype rows inside the op (default), or
+            compute SwAV's plain `x @ W^T` (normalize x yourself, call normalize()).
+        backend: forced backend of prototype_scores, or None.
+
+    forward(x, step) returns (N, K) scores, or a list of them for a list of sizes. While
+    frozen the prototypes enter the op detached, so their `.grad` stays None and torch
+    optimizers skip them (no weight decay, no momentum step). Under DDP a frozen step
+    leaves them unused: wrap with find_unused_parameters=True while freezing.
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 128,
+        n_prototypes: int | list[int] = 3000,
+        n_steps_frozen_prototypes: int = 0,
+        *,
+        cosine: bool = True,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self._is_single_prototype = isinstance(n_prototypes, int)
+        self.n_prototypes = [n_prototypes] if self._is_single_prototype else list(n_prototypes)
+        if not self.n_prototypes or any(int(k) < 1 for k in self.n_prototypes):
+            raise ValueError(f"n_prototypes must be >= 1 (or a non-empty list of them), got {n_prototypes!r}")
+        # nn.Linear keeps lightly's parameter names (heads.<i>.weight) and init.
+        self.heads = nn.ModuleList(nn.Linear(input_dim, int(k), bias=False) for k in self.n_prototypes)
+        self.n_steps_frozen_prototypes = n_steps_frozen_prototypes
+        self.cosine = cosine
+        self.backend = backend
+
+    def _frozen(self, step: int | None) -> bool:
+        if self.n_steps_frozen_prototypes <= 0:
+            return False
+        if step is None:
+            raise ValueError(
+                "n_steps_frozen_prototypes is greater than 0: pass the current `step` to forward()"
+            )
+        return step < self.n_steps_frozen_prototypes
+
+    def _score(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # The fused op is not an autocast-aware op: cast its operands as autocast casts
+        # a linear layer's, so mixed precision runs the op in the autocast dtype.
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight = x.to(dtype), weight.to(dtype)
+        elif weight.dtype != x.dtype:
+            weight = weight.to(x.dtype)
+        return prototype_scores(x, weight, normalize=self.cosine, backend=self.backend)
+
+    def forward(self, x: torch.Tensor, step: int | None = None) -> torch.Tensor | list[torch.Tensor]:
+        frozen = self._frozen(step)
+        out = [self._score(x, head.weight.detach() if frozen else head.weight) for head in self.heads]
+        return out[0] if self._is_single_prototype else out
+
+    @torch.no_grad()
+    def normalize(self) -> None:
+        """Rescale every prototype row to unit L2 norm, in place (SwAV does it each step)."""
+        for head in self.heads:
+            head.weight.copy_(F.normalize(head.weight, dim=1))
+
+
+class SwAVProjectionHead(nn.Module):
+    """SwAV's MLP: (num_layers - 1) x [Linear, BatchNorm1d?, ReLU] then Linear.
+
+    SwAV / lightly: SwAVProjectionHead(2048, 2048, 128) (2 layers, batch norm); SEER
+    (RegNetY-256GF): SwAVProjectionHead(3712, 8192, 256, num_layers=3, batch_norm=False).
+    Hidden linears drop their bias when batch norm follows (it cancels it), as lightly's,
+    so a 2-layer head has lightly's state_dict keys.
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 2048,
+        hidden_dim: int = 2048,
+        output_dim: int = 128,
+        num_layers: int = 2,
+        batch_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip(dims[:-2], dims[1:-1], strict=True):
+            layers.append(nn.Linear(d_in, d_out, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(d_out))
+            layers.append(nn.ReLU())
+        layers.append(nn.Linear(dims[-2], dims[-1]))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+# ------------------------------------------------------------------------ queue
+
+
+def _sync_filled(module: SwAVQueue, incompatible_keys) -> None:
+    """After load_state_dict: refresh the host copy of the fill count from the buffer."""
+    module._filled = int(module.filled)
+
+
+class SwAVQueue(nn.Module):
+    """SwAV's feature queue: detached embeddings of the assignment crops of past batches.
+
+    Args:
+        length: the queue length over all processes (SwAV's --queue_length).
+        dim: embedding size D.
+        n_crops: number of assignment crops A.
+        global_batch: batch size per process times the number of processes; when given,
+            `length` is first rounded down to a multiple of it, as SwAV does.
+        world_size: processes sharing the queue length; each keeps length // world_size
+            rows (SwAV's per-rank queue) and must then save its own state_dict.
+
+    Use: each step, `queue.scores(prototypes, step)` (None until the queue is full: SwAV
+    uses it only once full) gives (A, Q, K) scores with the current prototypes for the
+    loss; then `queue.enqueue(embeddings)` pushes this batch's (A, B, D) embeddings. The
+    newest rows are at the front (SwAV's layout); the oldest fall off the end. Keep the
+    queue outside a DDP-wrapped module (or broadcast_buffers=False): ranks differ.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        dim: int,
+        n_crops: int,
+        *,
+        global_batch: int | None = None,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__()
+        if global_batch is not None:
+            length = self.rounded_length(length, global_batch)
+        if world_size < 1 or length % world_size:
+            raise ValueError(f"length {length} must be a multiple of world_size {world_size}")
+        rows = length // world_size
+        if rows < 1 or dim < 1 or n_crops < 1:
+            raise ValueError(
+                f"need length // world_size >= 1, dim >= 1, n_crops >= 1; got {rows}, {dim}, {n_crops}"
+            )
+        self.register_buffer("queue", torch.zeros(n_crops, rows, dim))
+        # Rows written so far (capped at the length). A buffer so it survives a resume;
+        # a host copy so is_full needs no device sync.
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        self._filled = 0
+        self.register_load_state_dict_post_hook(_sync_filled)
+
+    @staticmethod
+    def rounded_length(length: int, global_batch: int) -> int:
+        """SwAV's rule: queue_length -= queue_length % (batch_size * world_size)."""
+        if global_batch < 1:
+            raise ValueError(f"global_batch must be >= 1, got {global_batch}")
+        rounded = length - length % global_batch
+        if rounded < 1:
+            raise ValueError(f"queue length {length} is shorter than the global batch {global_batch}")
+        return rounded
+
+    @property
+    def length(self) -> int:
+        """Rows held by this process."""
+        return self.queue.shape[1]
+
+    @property
+    def is_full(self) -> bool:
+        return self._filled >= self.length
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """(n_crops, length, dim), newest first."""
+        return self.queue
+
+    @torch.no_grad()
+    def enqueue(self, embeddings: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Push (n_crops, B, dim) embeddings (detached); when B > length only the last
+        `length` rows of the batch are kept."""
+        if not isinstance(embeddings, torch.Tensor):
+            embeddings = torch.stack(list(embeddings))
+        n_crops, _, dim = self.queue.shape
+        if embeddings.dim() != 3 or embeddings.shape[0] != n_crops or embeddings.shape[2] != dim:
+            raise ValueError(
+                f"embeddings must be (n_crops={n_crops}, B, dim={dim}), got shape {tuple(embeddings.shape)}"
+            )
+        new = embeddings.detach()[:, -self.length :]
+        b = new.shape[1]
+        if b < self.length:
+            self.queue[:, b:] = self.queue[:, : self.length - b].clone()
+        self.queue[:, :b] = new
+        self._filled = min(self._filled + b, self.length)
+        self.filled.fill_(self._filled)
+
+    @torch.no_grad()
+    def scores(self, prototypes: nn.Module, step: int | None = None):
+        """Scores of the queued embeddings with the current prototypes: None until the
+        queue is full, else (n_crops, length, K) (a list of them for several heads).
+        `prototypes` is a SwAVPrototypes (called with `step`) or any module of x."""
+        if not self.is_full:
+            return None
+        n_crops, rows, dim = self.queue.shape
+        flat = self.queue.reshape(n_crops * rows, dim)
+        out = prototypes(flat) if step is None else prototypes(flat, step)
+        if isinstance(out, torch.Tensor):
+            return out.reshape(n_crops, rows, -1)
+        return [o.reshape(n_crops, rows, -1) for o in out]
