@@ -53,43 +53,50 @@ if triton is not None:
 
     @triton.jit
     def _xent_fwd_kernel(
-        scores, codes, lse_out, partial_out, V, A, B, K, inv_t,
-        VP: tl.constexpr, AP: tl.constexpr, BK: tl.constexpr,
+        scores, codes, lse_out, partial_out, V, A, B, K, inv_t, inv_t_lo,
+        VP: tl.constexpr, AP: tl.constexpr, BK: tl.constexpr, F64: tl.constexpr,
     ):  # fmt: skip
-        """Program b: lse of the V rows scores[:, b] and the partial loss of sample b."""
-        acc_t = lse_out.dtype.element_ty
+        """Program b: lse of the V rows scores[:, b] (fp64) and the partial loss of sample b,
+        sum_v R_v log(s_v) + <C_v, m_v - x> / T (the reference's form: no cancellation)."""
+        acc_t: tl.constexpr = tl.float64 if F64 else tl.float32  # fp64 only for fp64 scores
         b = tl.program_id(0).to(tl.int64)
         v = tl.arange(0, VP)
         vmask = v < V
         base = (v[:, None] * B + b) * K
-        m = tl.full((VP,), float("-inf"), acc_t)
-        s = tl.zeros((VP,), acc_t)
-        dot = tl.zeros((VP,), acc_t)
-        r = tl.zeros((VP,), acc_t)
+        m = tl.full((VP,), float("-inf"), acc_t)  # running max of the row
+        s = tl.zeros((VP,), acc_t)  # sum exp((x - m) / T)
+        d = tl.zeros((VP,), acc_t)  # <C_v, m - x> over the columns so far
+        r = tl.zeros((VP,), acc_t)  # R_v over the columns so far
         for k0 in range(0, K, BK):
             k = k0 + tl.arange(0, BK)
             kmask = k < K
             mask = vmask[:, None] & kmask[None, :]
             x = tl.load(scores + base + k[None, :], mask=mask, other=float("-inf")).to(acc_t)
             c = _targets(codes, b, v, k, kmask, A, B, K, VP, AP, BK, acc_t)
-            # Online logsumexp; padded crops stay at m = -inf, so shift by 0 there.
             m_new = tl.maximum(m, tl.max(x, 1))
+            # Padded crops stay at m = -inf: shift by 0 there and add nothing.
             shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-            s = s * tl.exp((m - shift) * inv_t) + tl.sum(tl.exp((x - shift[:, None]) * inv_t), 1)
-            dot += tl.sum(tl.where(mask, x, 0.0) * c, 1)
+            grown = tl.where(m == float("-inf"), 0.0, (m_new - m) * r)
+            gap = tl.where(mask, shift[:, None] - x, 0.0)
+            s = s * tl.exp((m - shift) * inv_t) + tl.sum(tl.where(mask, tl.exp(-gap * inv_t), 0.0), 1)
+            d = d + grown + tl.sum(c * gap, 1)
             r += tl.sum(c, 1)
             m = m_new
-        lse = m * inv_t + tl.log(s)
-        tl.store(lse_out + v * B + b, lse, mask=vmask)
-        tl.store(partial_out + b, tl.sum(tl.where(vmask, lse * r - dot * inv_t, 0.0), 0))
+        inv_t64 = tl.cast(inv_t, tl.float64) + tl.cast(inv_t_lo, tl.float64)
+        log_s = tl.log(s.to(tl.float64))
+        tl.store(lse_out + v * B + b, m.to(tl.float64) * inv_t64 + log_s, mask=vmask)
+        term = r.to(tl.float64) * log_s + d.to(tl.float64) * inv_t64
+        tl.store(partial_out + b, tl.sum(tl.where(vmask, term, 0.0), 0))
 
     @triton.jit
     def _xent_bwd_kernel(
-        grad_loss, scores, codes, lse, grad_out, V, A, B, K, inv_t, scale,
-        VP: tl.constexpr, AP: tl.constexpr, BK: tl.constexpr,
+        grad_loss, scores, codes, lse, grad_out, V, A, B, K, inv_t, inv_t_lo, scale,
+        VP: tl.constexpr, AP: tl.constexpr, BK: tl.constexpr, F64: tl.constexpr,
     ):  # fmt: skip
-        """Program b: grad[:, b] = grad_loss * scale * (R_v softmax(x / T) - C_v)."""
-        acc_t = lse.dtype.element_ty
+        """Program b: grad[:, b] = grad_loss * scale * (R_v softmax(x / T) - C_v). The
+        exponent is (x - L_hi - L_lo) / T with L = T lse split in two acc_t values, exact
+        near the row max however large |lse| is (fp32 lse would lose ~|lse| 6e-8)."""
+        acc_t: tl.constexpr = tl.float64 if F64 else tl.float32  # fp64 only for fp64 scores
         b = tl.program_id(0).to(tl.int64)
         v = tl.arange(0, VP)
         vmask = v < V
@@ -99,14 +106,16 @@ if triton is not None:
             k = k0 + tl.arange(0, BK)
             r += tl.sum(_targets(codes, b, v, k, k < K, A, B, K, VP, AP, BK, acc_t), 1)
         g = tl.load(grad_loss).to(acc_t) * scale
-        row_lse = tl.load(lse + v * B + b, mask=vmask, other=0.0)
+        big_l = tl.load(lse + v * B + b, mask=vmask, other=0.0) / (tl.cast(inv_t, tl.float64) + tl.cast(inv_t_lo, tl.float64))
+        l_hi = big_l.to(acc_t)
+        l_lo = (big_l - l_hi.to(tl.float64)).to(acc_t)
         for k0 in range(0, K, BK):
             k = k0 + tl.arange(0, BK)
             kmask = k < K
             mask = vmask[:, None] & kmask[None, :]
             x = tl.load(scores + base + k[None, :], mask=mask, other=0.0).to(acc_t)
             c = _targets(codes, b, v, k, kmask, A, B, K, VP, AP, BK, acc_t)
-            p = tl.exp(x * inv_t - row_lse[:, None])
+            p = tl.exp(((x - l_hi[:, None]) - l_lo[:, None]) * inv_t)
             out = (r[:, None] * p - c) * g
             tl.store(grad_out + base + k[None, :], out.to(grad_out.dtype.element_ty), mask=mask)
 
@@ -114,7 +123,7 @@ if triton is not None:
 # --------------------------------------------------------------------------- launchers
 
 
-def _acc_dtype(scores: torch.Tensor) -> torch.dtype:
+def _loss_dtype(scores: torch.Tensor) -> torch.dtype:
     return torch.float64 if scores.dtype == torch.float64 else torch.float32
 
 
@@ -123,23 +132,30 @@ def _norm(v: int, a: int, b: int) -> float:
     return float(a * (v - 1) * b)
 
 
-def _tiles(v: int, a: int, k: int) -> dict:
-    """Block sizes: all crops of a sample in one (VP, BK) tile of ~4k elements."""
+def _meta(scores: torch.Tensor, a: int, temperature: float) -> dict:
+    """Kernel constants: all crops of a sample in one (VP, BK) tile of ~4k elements; 1/T
+    as an fp32 value plus its fp32 remainder (Triton passes Python floats as fp32, the
+    kernels rebuild 1/T in fp64 where it scales lse)."""
+    v, _, k = scores.shape
     vp = triton.next_power_of_2(v)
     bk = min(triton.next_power_of_2(k), max(16, 4096 // vp))
-    return {"VP": vp, "AP": a, "BK": bk}
+    inv_t = 1.0 / temperature
+    inv_t_hi = float(torch.tensor(inv_t, dtype=torch.float32))
+    return {
+        "inv_t": inv_t_hi, "inv_t_lo": inv_t - inv_t_hi,
+        "VP": vp, "AP": a, "BK": bk, "F64": scores.dtype == torch.float64, "num_warps": 8,
+    }  # fmt: skip
 
 
 def _launch_forward(scores, codes, temperature):
     v, b, k = scores.shape
     a = codes.shape[0]
-    acc = _acc_dtype(scores)
-    lse = torch.empty((v, b), dtype=acc, device=scores.device)
-    partial = torch.empty((b,), dtype=acc, device=scores.device)
+    lse = torch.empty((v, b), dtype=torch.float64, device=scores.device)
+    partial = torch.empty((b,), dtype=torch.float64, device=scores.device)
     torch.library.wrap_triton(_xent_fwd_kernel)[(b,)](
-        scores, codes, lse, partial, v, a, b, k, 1.0 / temperature, **_tiles(v, a, k), num_warps=8
+        scores, codes, lse, partial, v, a, b, k, **_meta(scores, a, temperature)
     )
-    return partial.sum() / _norm(v, a, b), lse
+    return (partial.sum() / _norm(v, a, b)).to(_loss_dtype(scores)), lse
 
 
 def _launch_backward(grad_loss, scores, codes, lse, temperature):
@@ -148,9 +164,8 @@ def _launch_backward(grad_loss, scores, codes, lse, temperature):
     grad = torch.empty_like(scores)
     scale = 1.0 / (temperature * _norm(v, a, b))
     torch.library.wrap_triton(_xent_bwd_kernel)[(b,)](
-        grad_loss, scores, codes, lse, grad, v, a, b, k, 1.0 / temperature, scale,
-        **_tiles(v, a, k), num_warps=8,
-    )  # fmt: skip
+        grad_loss, scores, codes, lse, grad, v, a, b, k, scale=scale, **_meta(scores, a, temperature)
+    )
     return grad
 
 
@@ -165,8 +180,9 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _fake_forward(scores, codes, temperature):
-    acc = _acc_dtype(scores)
-    return scores.new_empty((), dtype=acc), scores.new_empty(scores.shape[:2], dtype=acc)
+    return scores.new_empty((), dtype=_loss_dtype(scores)), scores.new_empty(
+        scores.shape[:2], dtype=torch.float64
+    )
 
 
 def _fake_backward(grad_loss, scores, codes, lse, temperature):

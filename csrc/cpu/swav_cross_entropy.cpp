@@ -66,7 +66,7 @@ void check_operands(const Tensor& scores, const Tensor& codes, double temperatur
               "swav_cross_entropy: temperature must be finite and > 0, got ", temperature);
 }
 
-c10::ScalarType acc_dtype(const Tensor& scores) {
+c10::ScalarType loss_dtype(const Tensor& scores) {
   return scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
@@ -84,8 +84,8 @@ std::tuple<Tensor, Tensor> forward_cpu(const Tensor& scores_in, const Tensor& co
   check_operands(scores_in, codes_in, temperature);
   const Tensor scores = scores_in.contiguous(), codes = codes_in.contiguous();
   const Problem p = make_problem(scores, codes, temperature);
-  const auto acc = acc_dtype(scores);
-  Tensor lse = at::empty({p.V, p.B}, scores.options().dtype(acc));
+  const auto loss_type = loss_dtype(scores);
+  Tensor lse = at::empty({p.V, p.B}, scores.options().dtype(at::kDouble));
   std::vector<double> terms(p.B);
   const RowKernels k = select_kernels();
   void* lse_ptr = lse.data_ptr();
@@ -94,7 +94,7 @@ std::tuple<Tensor, Tensor> forward_cpu(const Tensor& scores_in, const Tensor& co
   double total = 0.0;
   for (const double t : terms) total += t;  // index order: same bits for any thread count
   const double norm = static_cast<double>(p.A) * static_cast<double>(p.V - 1) * static_cast<double>(p.B);
-  Tensor loss = at::scalar_tensor(total / norm, scores.options().dtype(acc));
+  Tensor loss = at::scalar_tensor(total / norm, scores.options().dtype(loss_type));
   return {loss, lse};
 }
 
@@ -105,10 +105,9 @@ Tensor backward_cpu(const Tensor& grad_loss, const Tensor& scores_in, const Tens
               grad_loss.sizes());
   const Tensor scores = scores_in.contiguous(), codes = codes_in.contiguous();
   const Problem p = make_problem(scores, codes, temperature);
-  const auto acc = acc_dtype(scores);
   TORCH_CHECK(lse_in.dim() == 2 && lse_in.size(0) == p.V && lse_in.size(1) == p.B,
               "swav_cross_entropy_backward: lse must be (V, B) = (", p.V, ", ", p.B, "), got ", lse_in.sizes());
-  const Tensor lse = lse_in.to(acc).contiguous();
+  const Tensor lse = lse_in.to(at::kDouble).contiguous();
   const double norm = static_cast<double>(p.A) * static_cast<double>(p.V - 1) * static_cast<double>(p.B);
   const double scale = grad_loss.item<double>() / (temperature * norm);
   Tensor grad = at::empty(scores.sizes(), scores.options());

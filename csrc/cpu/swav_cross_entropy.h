@@ -11,8 +11,9 @@
 
 namespace seer_kernels::xent {
 
-// One call's operands, contiguous: scores (V, B, K), codes (A, B, K). The accumulation
-// type `acc` is double for double scores and float otherwise; lse (V, B) is stored in it.
+// One call's operands, contiguous: scores (V, B, K), codes (A, B, K). Rows accumulate in
+// double for double scores and in float otherwise; lse (V, B) is always double, because
+// backward needs lse to better than one float ulp of |lse| (which is ~|score| / T).
 struct Problem {
   const void* scores;
   c10::ScalarType scores_dtype;
@@ -22,7 +23,7 @@ struct Problem {
   double temperature;
 };
 
-// Rows b in [b0, b1): lse[v * B + b] = logsumexp_k scores[v, b, k] / T and
+// Rows b in [b0, b1): lse[v * B + b] = logsumexp_k scores[v, b, k] / T (double) and
 // terms[b] = sum_v (lse[v, b] * R_v[b] - <C_v[b], scores[v, b]> / T), the loss before
 // the 1 / (A (V - 1) B) normalization.
 using ForwardRows = void (*)(const Problem&, void* lse, double* terms, int64_t b0, int64_t b1);

@@ -7,13 +7,14 @@
 // Work per b (rows of one sample are processed together so that the A code rows, read
 // once from memory, stay in L1/L2 while all V crops use them):
 //   forward   codes[:, b] read once (A K elements), r_a = sum_k codes[a, b, k];
-//             per crop v: pass 1 over scores[v, b] (max, <C_v, x> with C_v = sum_{a != v}
-//             codes[a, b] built in registers), pass 2 (sum exp((x - max) / T)) on the row
-//             still in L1; writes one lse per (v, b) and one partial loss per b.
+//             per crop v: pass 1 over scores[v, b] (max), pass 2 on the row still in L1
+//             (sum exp((x - max) / T) and <C_v, max - x>, with C_v = sum_{a != v}
+//             codes[a, b] built in registers); writes one lse per (v, b), one partial
+//             loss per b.
 //   backward  codes[:, b] and scores[v, b] read once, grad[v, b] written once:
 //             grad = (R_v exp(x / T - lse) - C_v) * scale.
-// Bytes (e = element size): forward V B K e_s + A B K e_c + V B 4 (lse) + 8 B (partials);
-// backward 2 V B K e_s + A B K e_c + V B 4. FLOPs: forward V B K (1 exp + (A + 3) flops),
+// Bytes (e = element size): forward V B K e_s + A B K e_c + 8 V B (lse) + 8 B (partials);
+// backward 2 V B K e_s + A B K e_c + 8 V B. FLOPs: forward V B K (1 exp + (A + 3) flops),
 // backward V B K (1 exp + (A + 3) flops), plus A B K adds for the row sums r_a each way.
 // Nothing of size V x A x B x K, or even V x B x K besides the gradient, is ever formed.
 #pragma once
@@ -147,38 +148,38 @@ Vectorized<acc_t> target_at(const acc_t* const* others, int64_t n_others, int64_
 }
 
 struct RowStats {
-  double lse;  // logsumexp_k x[k] / T
-  double dot;  // <C_v, x>
+  double lse;   // logsumexp_k x[k] / T
+  double term;  // R log(s) + <C_v, m - x> / T: the row's loss, lse R - <C_v, x> / T
 };
 
-// Pass 1 (max and the target dot) and pass 2 (sum of exp) over one crop row x.
+// Pass 1 (max) and pass 2 (sum of exp, target dot) over one crop row x, in L1 by pass 2.
+// The loss is formed as the reference forms it, from the non-negative gaps m - x[k]:
+// lse R - <C, x> / T = R log(s) + <C, m - x> / T, so no two large numbers cancel.
 template <typename acc_t>
-RowStats row_stats(const acc_t* x, const acc_t* const* others, int64_t n_others, int64_t n, double T) {
+RowStats row_stats(const acc_t* x, const acc_t* const* others, int64_t n_others, int64_t n, double T,
+                   double R) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t w = Vec::size();
   const Vec neg_inf(-std::numeric_limits<acc_t>::infinity());
-  Vec vmax = neg_inf, vdot(acc_t(0));
-  for (int64_t k = 0; k < n; k += w) {
-    const int64_t count = std::min(w, n - k);
-    Vec xv = count == w ? Vec::loadu(x + k) : Vec::loadu(x + k, count);
-    vdot = at::vec::fmadd(xv, target_at(others, n_others, k, count), vdot);
-    if (count < w) xv = Vec::set(neg_inf, xv, count);
-    vmax = at::vec::maximum(vmax, xv);
-  }
-  const acc_t m = lane_max(vmax);
-  const Vec vm(m), inv_t(static_cast<acc_t>(1.0 / T)), zero(acc_t(0));
-  Vec s0(acc_t(0)), s1(acc_t(0));
+  Vec m0 = neg_inf, m1 = neg_inf;
   int64_t k = 0;
   for (; k + 2 * w <= n; k += 2 * w) {
-    s0 = s0 + ((Vec::loadu(x + k) - vm) * inv_t).exp();
-    s1 = s1 + ((Vec::loadu(x + k + w) - vm) * inv_t).exp();
+    m0 = at::vec::maximum(m0, Vec::loadu(x + k));
+    m1 = at::vec::maximum(m1, Vec::loadu(x + k + w));
   }
-  for (; k < n; k += w) {
+  for (; k < n; k += w) m0 = at::vec::maximum(m0, Vec::set(neg_inf, Vec::loadu(x + k, n - k), n - k));
+  const acc_t m = lane_max(at::vec::maximum(m0, m1));
+  const Vec vm(m), inv_t(static_cast<acc_t>(1.0 / T)), zero(acc_t(0));
+  Vec vs(acc_t(0)), vd(acc_t(0));
+  for (k = 0; k < n; k += w) {
     const int64_t count = std::min(w, n - k);
-    s0 = s0 + Vec::set(zero, ((Vec::loadu(x + k, count) - vm) * inv_t).exp(), count);
+    const Vec gap = vm - (count == w ? Vec::loadu(x + k) : Vec::loadu(x + k, count));
+    const Vec e = (gap * inv_t).neg().exp();
+    vs = vs + (count == w ? e : Vec::set(zero, e, count));
+    vd = at::vec::fmadd(target_at(others, n_others, k, count), gap, vd);  // padded C is 0
   }
-  const double s = static_cast<double>(lane_sum(s0 + s1));
-  return {static_cast<double>(m) / T + std::log(s), static_cast<double>(lane_sum(vdot))};
+  const double log_s = std::log(static_cast<double>(lane_sum(vs)));
+  return {static_cast<double>(m) / T + log_s, R * log_s + static_cast<double>(lane_sum(vd)) / T};
 }
 
 // Per-thread buffers: the A code rows and one scores row as acc_t (used only for
@@ -215,7 +216,7 @@ struct Scratch {
 template <typename acc_t>
 void forward_rows(const Problem& p, void* lse_out, double* terms, int64_t b0, int64_t b1) {
   Scratch<acc_t> s(p);
-  acc_t* lse = static_cast<acc_t*>(lse_out);
+  double* lse = static_cast<double*>(lse_out);
   for (int64_t b = b0; b < b1; ++b) {
     s.load_codes(p, b);
     double term = 0.0;
@@ -223,26 +224,31 @@ void forward_rows(const Problem& p, void* lse_out, double* terms, int64_t b0, in
       double R = 0.0;
       const int64_t n_others = s.select_others(p, v, R);
       const acc_t* x = row_as<acc_t>(p.scores, p.scores_dtype, v * p.B + b, p.K, s.row.data());
-      const RowStats st = row_stats(x, s.others.data(), n_others, p.K, p.temperature);
-      lse[v * p.B + b] = static_cast<acc_t>(st.lse);
-      term += st.lse * R - st.dot / p.temperature;
+      const RowStats st = row_stats(x, s.others.data(), n_others, p.K, p.temperature, R);
+      lse[v * p.B + b] = st.lse;
+      term += st.term;
     }
     terms[b] = term;
   }
 }
 
-// out[k] = (R exp(x[k] / T - lse) - C_v[k]) * scale over one row.
+// out[k] = (R exp(x[k] / T - lse) - C_v[k]) * scale over one row. The exponent is
+// formed as (x - L) / T with L = T lse = m + T log(s) carried as two acc_t values
+// (L_hi + L_lo): x - L_hi is exact near the row maximum, so the largest probabilities
+// are as accurate as the reference's, although |lse| may be large (T = 0.01: 100).
 template <typename acc_t>
-void grad_row(const acc_t* x, const acc_t* const* others, int64_t n_others, int64_t n, double T, acc_t lse,
+void grad_row(const acc_t* x, const acc_t* const* others, int64_t n_others, int64_t n, double T, double lse,
               double R, double scale, acc_t* out) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t w = Vec::size();
-  const Vec inv_t(static_cast<acc_t>(1.0 / T)), neg_lse(-lse), vr(static_cast<acc_t>(R)),
-      vs(static_cast<acc_t>(scale));
+  const double L = lse * T;
+  const acc_t L_hi = static_cast<acc_t>(L);
+  const Vec l_hi(L_hi), l_lo(static_cast<acc_t>(L - static_cast<double>(L_hi)));
+  const Vec inv_t(static_cast<acc_t>(1.0 / T)), vr(static_cast<acc_t>(R)), vs(static_cast<acc_t>(scale));
   for (int64_t k = 0; k < n; k += w) {
     const int64_t count = std::min(w, n - k);
     const Vec xv = count == w ? Vec::loadu(x + k) : Vec::loadu(x + k, count);
-    const Vec p = at::vec::fmadd(xv, inv_t, neg_lse).exp();
+    const Vec p = (((xv - l_hi) - l_lo) * inv_t).exp();
     const Vec g = at::vec::fmsub(vr, p, target_at(others, n_others, k, count)) * vs;
     if (count == w)
       g.store(out + k);
@@ -254,7 +260,7 @@ void grad_row(const acc_t* x, const acc_t* const* others, int64_t n_others, int6
 template <typename acc_t>
 void backward_rows(const Problem& p, const void* lse_in, double scale, void* grad, int64_t b0, int64_t b1) {
   Scratch<acc_t> s(p);
-  const acc_t* lse = static_cast<const acc_t*>(lse_in);
+  const double* lse = static_cast<const double*>(lse_in);
   const bool direct = p.scores_dtype == c10::CppTypeToScalarType<acc_t>::value;
   for (int64_t b = b0; b < b1; ++b) {
     s.load_codes(p, b);
