@@ -106,14 +106,17 @@ if triton is not None:
             k = k0 + tl.arange(0, BK)
             r += tl.sum(_targets(codes, b, v, k, k < K, A, B, K, VP, AP, BK, acc_t), 1)
         g = tl.load(grad_loss).to(acc_t) * scale
-        big_l = tl.load(lse + v * B + b, mask=vmask, other=0.0) / (tl.cast(inv_t, tl.float64) + tl.cast(inv_t_lo, tl.float64))
+        big_l = tl.load(lse + v * B + b, mask=vmask, other=0.0) / (
+            tl.cast(inv_t, tl.float64) + tl.cast(inv_t_lo, tl.float64)
+        )
         l_hi = big_l.to(acc_t)
         l_lo = (big_l - l_hi.to(tl.float64)).to(acc_t)
         for k0 in range(0, K, BK):
             k = k0 + tl.arange(0, BK)
             kmask = k < K
             mask = vmask[:, None] & kmask[None, :]
-            x = tl.load(scores + base + k[None, :], mask=mask, other=0.0).to(acc_t)
+            # -inf outside the tile's valid part: p = 0 there, nothing overflows.
+            x = tl.load(scores + base + k[None, :], mask=mask, other=float("-inf")).to(acc_t)
             c = _targets(codes, b, v, k, kmask, A, B, K, VP, AP, BK, acc_t)
             p = tl.exp(((x - l_hi[:, None]) - l_lo[:, None]) * inv_t)
             out = (r[:, None] * p - c) * g
