@@ -59,6 +59,8 @@ if triton is not None:
         """Program b: lse of the V rows scores[:, b] (fp64) and the partial loss of sample b,
         sum_v R_v log(s_v) + <C_v, m_v - x> / T (the reference's form: no cancellation)."""
         acc_t: tl.constexpr = tl.float64 if F64 else tl.float32  # fp64 only for fp64 scores
+        inv_t64 = tl.cast(inv_t, tl.float64) + tl.cast(inv_t_lo, tl.float64)
+        inv_t_acc = inv_t64.to(acc_t)
         b = tl.program_id(0).to(tl.int64)
         v = tl.arange(0, VP)
         vmask = v < V
@@ -78,11 +80,10 @@ if triton is not None:
             shift = tl.where(m_new == float("-inf"), 0.0, m_new)
             grown = tl.where(m == float("-inf"), 0.0, (m_new - m) * r)
             gap = tl.where(mask, shift[:, None] - x, 0.0)
-            s = s * tl.exp((m - shift) * inv_t) + tl.sum(tl.where(mask, tl.exp(-gap * inv_t), 0.0), 1)
+            s = s * tl.exp((m - shift) * inv_t_acc) + tl.sum(tl.where(mask, tl.exp(-gap * inv_t_acc), 0.0), 1)
             d = d + grown + tl.sum(c * gap, 1)
             r += tl.sum(c, 1)
             m = m_new
-        inv_t64 = tl.cast(inv_t, tl.float64) + tl.cast(inv_t_lo, tl.float64)
         log_s = tl.log(s.to(tl.float64))
         tl.store(lse_out + v * B + b, m.to(tl.float64) * inv_t64 + log_s, mask=vmask)
         term = r.to(tl.float64) * log_s + d.to(tl.float64) * inv_t64
@@ -90,13 +91,15 @@ if triton is not None:
 
     @triton.jit
     def _xent_bwd_kernel(
-        grad_loss, scores, codes, lse, grad_out, V, A, B, K, inv_t, inv_t_lo, scale,
+        grad_loss, scores, codes, lse, grad_out, V, A, B, K, inv_t, inv_t_lo, norm,
         VP: tl.constexpr, AP: tl.constexpr, BK: tl.constexpr, F64: tl.constexpr,
     ):  # fmt: skip
-        """Program b: grad[:, b] = grad_loss * scale * (R_v softmax(x / T) - C_v). The
+        """Program b: grad[:, b] = grad_loss / (T norm) * (R_v softmax(x / T) - C_v). The
         exponent is (x - L_hi - L_lo) / T with L = T lse split in two acc_t values, exact
         near the row max however large |lse| is (fp32 lse would lose ~|lse| 6e-8)."""
         acc_t: tl.constexpr = tl.float64 if F64 else tl.float32  # fp64 only for fp64 scores
+        inv_t64 = tl.cast(inv_t, tl.float64) + tl.cast(inv_t_lo, tl.float64)
+        inv_t_acc = inv_t64.to(acc_t)
         b = tl.program_id(0).to(tl.int64)
         v = tl.arange(0, VP)
         vmask = v < V
@@ -105,10 +108,8 @@ if triton is not None:
         for k0 in range(0, K, BK):
             k = k0 + tl.arange(0, BK)
             r += tl.sum(_targets(codes, b, v, k, k < K, A, B, K, VP, AP, BK, acc_t), 1)
-        g = tl.load(grad_loss).to(acc_t) * scale
-        big_l = tl.load(lse + v * B + b, mask=vmask, other=0.0) / (
-            tl.cast(inv_t, tl.float64) + tl.cast(inv_t_lo, tl.float64)
-        )
+        g = tl.load(grad_loss).to(acc_t) * (inv_t64 / norm).to(acc_t)
+        big_l = tl.load(lse + v * B + b, mask=vmask, other=0.0) / inv_t64
         l_hi = big_l.to(acc_t)
         l_lo = (big_l - l_hi.to(tl.float64)).to(acc_t)
         for k0 in range(0, K, BK):
@@ -118,7 +119,7 @@ if triton is not None:
             # -inf outside the tile's valid part: p = 0 there, nothing overflows.
             x = tl.load(scores + base + k[None, :], mask=mask, other=float("-inf")).to(acc_t)
             c = _targets(codes, b, v, k, kmask, A, B, K, VP, AP, BK, acc_t)
-            p = tl.exp(((x - l_hi[:, None]) - l_lo[:, None]) * inv_t)
+            p = tl.exp(((x - l_hi[:, None]) - l_lo[:, None]) * inv_t_acc)
             out = (r[:, None] * p - c) * g
             tl.store(grad_out + base + k[None, :], out.to(grad_out.dtype.element_ty), mask=mask)
 
@@ -165,9 +166,8 @@ def _launch_backward(grad_loss, scores, codes, lse, temperature):
     v, b, k = scores.shape
     a = codes.shape[0]
     grad = torch.empty_like(scores)
-    scale = 1.0 / (temperature * _norm(v, a, b))
     torch.library.wrap_triton(_xent_bwd_kernel)[(b,)](
-        grad_loss, scores, codes, lse, grad, v, a, b, k, scale=scale, **_meta(scores, a, temperature)
+        grad_loss, scores, codes, lse, grad, v, a, b, k, norm=a * (v - 1) * b, **_meta(scores, a, temperature)
     )
     return grad
 
