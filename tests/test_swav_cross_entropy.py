@@ -292,6 +292,29 @@ def test_compile_fullgraph(backend):
     torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-7)
 
 
+@needs_cpp
+def test_compile_fullgraph_default_backend():
+    scores, codes = make_inputs(2, 1, 5, 17, torch.float32, seed=16)
+    compiled = torch.compile(lambda s, c: sk.swav_cross_entropy(s, c), fullgraph=True)
+    got = loss_and_grad(lambda s, c, t: compiled(s, c), scores, codes, 0.1)
+    want = loss_and_grad(reference.swav_cross_entropy, scores, codes, 0.1)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-7)
+
+
+@needs_cpp
+def test_autocast_scores_accumulate_in_fp32():
+    """Under autocast the prototype matmul yields bf16 scores; the loss stays fp32."""
+    g = torch.Generator().manual_seed(17)
+    emb, protos = torch.randn(3 * 7, 16, generator=g), torch.randn(33, 16, generator=g)
+    _, codes = make_inputs(3, 2, 7, 33, torch.float32, seed=18)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = (emb @ protos.t()).view(3, 7, 33)
+        loss = sk.swav_cross_entropy(scores, codes, 0.1, backend="cpu")
+    assert scores.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    check_against_oracle("cpu", scores, codes, 0.1, torch.bfloat16, what="autocast")
+
+
 def test_default_backend_is_fused_cpu():
     assert _backend.resolve(None, torch.device("cpu")) == ("cpu" if HAS_CPP else "reference")
 

@@ -12,8 +12,10 @@
 // deterministic loss reduction (one partial per b, summed in index order in double, so
 // the result does not depend on the thread count). The row kernels, with the byte and
 // FLOP counts, are in swav_cross_entropy_kernel.h, compiled per CPU capability.
-#include <ATen/Version.h>
+#include "swav_cross_entropy.h"
+
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/scalar_tensor.h>
@@ -22,8 +24,6 @@
 #include <string>
 #include <tuple>
 #include <vector>
-
-#include "swav_cross_entropy.h"
 
 namespace seer_kernels::xent {
 namespace {
@@ -45,7 +45,8 @@ bool supported_float(c10::ScalarType t) {
 
 // The op-level contract (the Python wrapper has already given friendlier messages).
 void check_operands(const Tensor& scores, const Tensor& codes, double temperature) {
-  TORCH_CHECK(scores.dim() == 3, "swav_cross_entropy: scores must be (V, B, K), got ", scores.sizes());
+  TORCH_CHECK(scores.dim() == 3, "swav_cross_entropy: scores must be (V, B, K), got ",
+              scores.sizes());
   TORCH_CHECK(codes.dim() == 3, "swav_cross_entropy: codes must be (A, B, K), got ", codes.sizes());
   TORCH_CHECK(scores.device().is_cpu() && codes.device().is_cpu(),
               "swav_cross_entropy (CPU): scores and codes must be CPU tensors");
@@ -53,15 +54,17 @@ void check_operands(const Tensor& scores, const Tensor& codes, double temperatur
               "swav_cross_entropy: scores must be float32/float64/float16/bfloat16, got ",
               scores.scalar_type());
   TORCH_CHECK(supported_float(codes.scalar_type()),
-              "swav_cross_entropy: codes must be float32/float64/float16/bfloat16, got ", codes.scalar_type());
+              "swav_cross_entropy: codes must be float32/float64/float16/bfloat16, got ",
+              codes.scalar_type());
   const int64_t V = scores.size(0), A = codes.size(0);
   TORCH_CHECK(V >= 2, "swav_cross_entropy: scores must hold V >= 2 crops, got V=", V);
   TORCH_CHECK(A >= 1 && A <= V, "swav_cross_entropy: codes must hold 1 <= A <= V crops, got A=", A,
               " with V=", V);
   TORCH_CHECK(codes.size(1) == scores.size(1) && codes.size(2) == scores.size(2),
-              "swav_cross_entropy: codes ", codes.sizes(), " must match scores ", scores.sizes(), " in B and K");
-  TORCH_CHECK(scores.size(1) > 0 && scores.size(2) > 0, "swav_cross_entropy: scores must not be empty, got ",
-              scores.sizes());
+              "swav_cross_entropy: codes ", codes.sizes(), " must match scores ", scores.sizes(),
+              " in B and K");
+  TORCH_CHECK(scores.size(1) > 0 && scores.size(2) > 0,
+              "swav_cross_entropy: scores must not be empty, got ", scores.sizes());
   TORCH_CHECK(temperature > 0.0 && std::isfinite(temperature),
               "swav_cross_entropy: temperature must be finite and > 0, got ", temperature);
 }
@@ -71,16 +74,17 @@ c10::ScalarType loss_dtype(const Tensor& scores) {
 }
 
 Problem make_problem(const Tensor& scores, const Tensor& codes, double temperature) {
-  return {scores.const_data_ptr(), scores.scalar_type(), codes.const_data_ptr(), codes.scalar_type(),
-          scores.size(0),          codes.size(0),        scores.size(1),         scores.size(2),
-          temperature};
+  return {scores.const_data_ptr(), scores.scalar_type(), codes.const_data_ptr(),
+          codes.scalar_type(),     scores.size(0),       codes.size(0),
+          scores.size(1),          scores.size(2),       temperature};
 }
 
 // Samples per task: enough that one task touches ~64k elements (amortizes the scratch
 // buffers and the scheduling) and small batches still split across threads.
 int64_t grain(const Problem& p) { return std::max<int64_t>(1, (int64_t{1} << 16) / (p.V * p.K)); }
 
-std::tuple<Tensor, Tensor> forward_cpu(const Tensor& scores_in, const Tensor& codes_in, double temperature) {
+std::tuple<Tensor, Tensor> forward_cpu(const Tensor& scores_in, const Tensor& codes_in,
+                                       double temperature) {
   check_operands(scores_in, codes_in, temperature);
   const Tensor scores = scores_in.contiguous(), codes = codes_in.contiguous();
   const Problem p = make_problem(scores, codes, temperature);
@@ -93,7 +97,8 @@ std::tuple<Tensor, Tensor> forward_cpu(const Tensor& scores_in, const Tensor& co
                    [&](int64_t b0, int64_t b1) { k.forward(p, lse_ptr, terms.data(), b0, b1); });
   double total = 0.0;
   for (const double t : terms) total += t;  // index order: same bits for any thread count
-  const double norm = static_cast<double>(p.A) * static_cast<double>(p.V - 1) * static_cast<double>(p.B);
+  const double norm =
+      static_cast<double>(p.A) * static_cast<double>(p.V - 1) * static_cast<double>(p.B);
   Tensor loss = at::scalar_tensor(total / norm, scores.options().dtype(loss_type));
   return {loss, lse};
 }
@@ -101,21 +106,24 @@ std::tuple<Tensor, Tensor> forward_cpu(const Tensor& scores_in, const Tensor& co
 Tensor backward_cpu(const Tensor& grad_loss, const Tensor& scores_in, const Tensor& codes_in,
                     const Tensor& lse_in, double temperature) {
   check_operands(scores_in, codes_in, temperature);
-  TORCH_CHECK(grad_loss.numel() == 1, "swav_cross_entropy_backward: grad_loss must be a scalar, got ",
-              grad_loss.sizes());
+  TORCH_CHECK(grad_loss.numel() == 1,
+              "swav_cross_entropy_backward: grad_loss must be a scalar, got ", grad_loss.sizes());
   const Tensor scores = scores_in.contiguous(), codes = codes_in.contiguous();
   const Problem p = make_problem(scores, codes, temperature);
   TORCH_CHECK(lse_in.dim() == 2 && lse_in.size(0) == p.V && lse_in.size(1) == p.B,
-              "swav_cross_entropy_backward: lse must be (V, B) = (", p.V, ", ", p.B, "), got ", lse_in.sizes());
+              "swav_cross_entropy_backward: lse must be (V, B) = (", p.V, ", ", p.B, "), got ",
+              lse_in.sizes());
   const Tensor lse = lse_in.to(at::kDouble).contiguous();
-  const double norm = static_cast<double>(p.A) * static_cast<double>(p.V - 1) * static_cast<double>(p.B);
+  const double norm =
+      static_cast<double>(p.A) * static_cast<double>(p.V - 1) * static_cast<double>(p.B);
   const double scale = grad_loss.item<double>() / (temperature * norm);
   Tensor grad = at::empty(scores.sizes(), scores.options());
   const RowKernels k = select_kernels();
   const void* lse_ptr = lse.const_data_ptr();
   void* grad_ptr = grad.data_ptr();
-  at::parallel_for(0, p.B, grain(p),
-                   [&](int64_t b0, int64_t b1) { k.backward(p, lse_ptr, scale, grad_ptr, b0, b1); });
+  at::parallel_for(0, p.B, grain(p), [&](int64_t b0, int64_t b1) {
+    k.backward(p, lse_ptr, scale, grad_ptr, b0, b1);
+  });
   return grad;
 }
 

@@ -66,14 +66,16 @@ void store_row(const acc_t* src, dst_t* dst, int64_t n) {
 // Row `row` (length n) of a contiguous tensor of dtype `dtype`, as acc_t: the tensor's
 // own memory when it already is acc_t, else converted into `scratch`.
 template <typename acc_t>
-const acc_t* row_as(const void* base, c10::ScalarType dtype, int64_t row, int64_t n, acc_t* scratch) {
+const acc_t* row_as(const void* base, c10::ScalarType dtype, int64_t row, int64_t n,
+                    acc_t* scratch) {
   switch (dtype) {
     case c10::ScalarType::Float:
       if constexpr (std::is_same_v<acc_t, float>) return static_cast<const float*>(base) + row * n;
       convert_row(static_cast<const float*>(base) + row * n, scratch, n);
       return scratch;
     case c10::ScalarType::Double:
-      if constexpr (std::is_same_v<acc_t, double>) return static_cast<const double*>(base) + row * n;
+      if constexpr (std::is_same_v<acc_t, double>)
+        return static_cast<const double*>(base) + row * n;
       convert_row(static_cast<const double*>(base) + row * n, scratch, n);
       return scratch;
     case c10::ScalarType::Half:
@@ -139,7 +141,8 @@ acc_t row_sum(const acc_t* x, int64_t n) {
 
 // C_v at k..k+count: the sum of the code rows of the other crops (zero padded).
 template <typename acc_t>
-Vectorized<acc_t> target_at(const acc_t* const* others, int64_t n_others, int64_t k, int64_t count) {
+Vectorized<acc_t> target_at(const acc_t* const* others, int64_t n_others, int64_t k,
+                            int64_t count) {
   using Vec = Vectorized<acc_t>;
   Vec c(acc_t(0));
   for (int64_t j = 0; j < n_others; ++j)
@@ -156,8 +159,8 @@ struct RowStats {
 // The loss is formed as the reference forms it, from the non-negative gaps m - x[k]:
 // lse R - <C, x> / T = R log(s) + <C, m - x> / T, so no two large numbers cancel.
 template <typename acc_t>
-RowStats row_stats(const acc_t* x, const acc_t* const* others, int64_t n_others, int64_t n, double T,
-                   double R) {
+RowStats row_stats(const acc_t* x, const acc_t* const* others, int64_t n_others, int64_t n,
+                   double T, double R) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t w = Vec::size();
   const Vec neg_inf(-std::numeric_limits<acc_t>::infinity());
@@ -167,7 +170,8 @@ RowStats row_stats(const acc_t* x, const acc_t* const* others, int64_t n_others,
     m0 = at::vec::maximum(m0, Vec::loadu(x + k));
     m1 = at::vec::maximum(m1, Vec::loadu(x + k + w));
   }
-  for (; k < n; k += w) m0 = at::vec::maximum(m0, Vec::set(neg_inf, Vec::loadu(x + k, n - k), n - k));
+  for (; k < n; k += w)
+    m0 = at::vec::maximum(m0, Vec::set(neg_inf, Vec::loadu(x + k, n - k), n - k));
   const acc_t m = lane_max(at::vec::maximum(m0, m1));
   const Vec vm(m), inv_t(static_cast<acc_t>(1.0 / T)), zero(acc_t(0));
   Vec vs(acc_t(0)), vd(acc_t(0));
@@ -195,7 +199,8 @@ struct Scratch {
   // Loads the A code rows of sample b and their sums r_a.
   void load_codes(const Problem& p, int64_t b) {
     for (int64_t a = 0; a < p.A; ++a) {
-      code_rows[a] = row_as<acc_t>(p.codes, p.codes_dtype, a * p.B + b, p.K, codes.data() + a * p.K);
+      code_rows[a] =
+          row_as<acc_t>(p.codes, p.codes_dtype, a * p.B + b, p.K, codes.data() + a * p.K);
       r[a] = static_cast<double>(row_sum(code_rows[a], p.K));
     }
   }
@@ -237,14 +242,15 @@ void forward_rows(const Problem& p, void* lse_out, double* terms, int64_t b0, in
 // (L_hi + L_lo): x - L_hi is exact near the row maximum, so the largest probabilities
 // are as accurate as the reference's, although |lse| may be large (T = 0.01: 100).
 template <typename acc_t>
-void grad_row(const acc_t* x, const acc_t* const* others, int64_t n_others, int64_t n, double T, double lse,
-              double R, double scale, acc_t* out) {
+void grad_row(const acc_t* x, const acc_t* const* others, int64_t n_others, int64_t n, double T,
+              double lse, double R, double scale, acc_t* out) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t w = Vec::size();
   const double L = lse * T;
   const acc_t L_hi = static_cast<acc_t>(L);
   const Vec l_hi(L_hi), l_lo(static_cast<acc_t>(L - static_cast<double>(L_hi)));
-  const Vec inv_t(static_cast<acc_t>(1.0 / T)), vr(static_cast<acc_t>(R)), vs(static_cast<acc_t>(scale));
+  const Vec inv_t(static_cast<acc_t>(1.0 / T)), vr(static_cast<acc_t>(R)),
+      vs(static_cast<acc_t>(scale));
   for (int64_t k = 0; k < n; k += w) {
     const int64_t count = std::min(w, n - k);
     const Vec xv = count == w ? Vec::loadu(x + k) : Vec::loadu(x + k, count);
@@ -258,7 +264,8 @@ void grad_row(const acc_t* x, const acc_t* const* others, int64_t n_others, int6
 }
 
 template <typename acc_t>
-void backward_rows(const Problem& p, const void* lse_in, double scale, void* grad, int64_t b0, int64_t b1) {
+void backward_rows(const Problem& p, const void* lse_in, double scale, void* grad, int64_t b0,
+                   int64_t b1) {
   Scratch<acc_t> s(p);
   const double* lse = static_cast<const double*>(lse_in);
   const bool direct = p.scores_dtype == c10::CppTypeToScalarType<acc_t>::value;

@@ -42,16 +42,21 @@ constexpr int kWarps = kThreads / 32;
 
 struct SumOp {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return a + b; }
+  __device__ T operator()(T a, T b) const {
+    return a + b;
+  }
 };
 struct MaxOp {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return a > b ? a : b; }
+  __device__ T operator()(T a, T b) const {
+    return a > b ? a : b;
+  }
 };
 
 template <typename T, typename Op>
 __device__ T warp_reduce(T v, Op op) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 
@@ -81,8 +86,9 @@ __device__ __forceinline__ acc_t target_at(const code_t* codes, int64_t v, int64
 
 template <typename scalar_t, typename code_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    forward_rows(const scalar_t* __restrict__ scores, const code_t* __restrict__ codes, double* __restrict__ lse,
-                 double* __restrict__ terms, int64_t V, int64_t A, int64_t B, int64_t K, double T) {
+    forward_rows(const scalar_t* __restrict__ scores, const code_t* __restrict__ codes,
+                 double* __restrict__ lse, double* __restrict__ terms, int64_t V, int64_t A,
+                 int64_t B, int64_t K, double T) {
   __shared__ acc_t smem[kWarps];
   const int64_t v = blockIdx.x % V, b = blockIdx.x / V, row = v * B + b;
   const scalar_t* x = scores + row * K;
@@ -112,8 +118,8 @@ __global__ void __launch_bounds__(kThreads)
 // loss = sum of the n partials / norm, by one block: strided per-thread sums, then the
 // fixed tree; the same bits on every run.
 template <typename loss_t>
-__global__ void __launch_bounds__(kThreads)
-    finish_loss(const double* __restrict__ terms, int64_t n, double norm, loss_t* __restrict__ loss) {
+__global__ void __launch_bounds__(kThreads) finish_loss(const double* __restrict__ terms, int64_t n,
+                                                        double norm, loss_t* __restrict__ loss) {
   __shared__ double smem[kWarps];
   double t = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += kThreads) t += terms[i];
@@ -124,12 +130,14 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t, typename code_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     backward_rows(const acc_t* __restrict__ grad_loss, const scalar_t* __restrict__ scores,
-                  const code_t* __restrict__ codes, const double* __restrict__ lse, scalar_t* __restrict__ grad,
-                  int64_t V, int64_t A, int64_t B, int64_t K, double T, double scale) {
+                  const code_t* __restrict__ codes, const double* __restrict__ lse,
+                  scalar_t* __restrict__ grad, int64_t V, int64_t A, int64_t B, int64_t K, double T,
+                  double scale) {
   __shared__ acc_t smem[kWarps];
   const int64_t v = blockIdx.x % V, b = blockIdx.x / V, row = v * B + b;
   acc_t r = 0;
-  for (int64_t k = threadIdx.x; k < K; k += kThreads) r += target_at<code_t, acc_t>(codes, v, A, b, B, K, k);
+  for (int64_t k = threadIdx.x; k < K; k += kThreads)
+    r += target_at<code_t, acc_t>(codes, v, A, b, B, K, k);
   r = block_reduce(r, SumOp(), acc_t(0), smem);
 
   const double L = lse[row] * T;
@@ -151,7 +159,8 @@ bool supported_float(c10::ScalarType t) {
 }
 
 void check_operands(const Tensor& scores, const Tensor& codes, double temperature) {
-  TORCH_CHECK(scores.dim() == 3, "swav_cross_entropy: scores must be (V, B, K), got ", scores.sizes());
+  TORCH_CHECK(scores.dim() == 3, "swav_cross_entropy: scores must be (V, B, K), got ",
+              scores.sizes());
   TORCH_CHECK(codes.dim() == 3, "swav_cross_entropy: codes must be (A, B, K), got ", codes.sizes());
   TORCH_CHECK(scores.is_cuda() && codes.device() == scores.device(),
               "swav_cross_entropy (CUDA): scores and codes must be on one CUDA device");
@@ -163,9 +172,10 @@ void check_operands(const Tensor& scores, const Tensor& codes, double temperatur
   TORCH_CHECK(A >= 1 && A <= V, "swav_cross_entropy: codes must hold 1 <= A <= V crops, got A=", A,
               " with V=", V);
   TORCH_CHECK(codes.size(1) == scores.size(1) && codes.size(2) == scores.size(2),
-              "swav_cross_entropy: codes ", codes.sizes(), " must match scores ", scores.sizes(), " in B and K");
-  TORCH_CHECK(scores.size(1) > 0 && scores.size(2) > 0, "swav_cross_entropy: scores must not be empty, got ",
-              scores.sizes());
+              "swav_cross_entropy: codes ", codes.sizes(), " must match scores ", scores.sizes(),
+              " in B and K");
+  TORCH_CHECK(scores.size(1) > 0 && scores.size(2) > 0,
+              "swav_cross_entropy: scores must not be empty, got ", scores.sizes());
   TORCH_CHECK(temperature > 0.0 && std::isfinite(temperature),
               "swav_cross_entropy: temperature must be finite and > 0, got ", temperature);
 }
@@ -183,19 +193,20 @@ Tensor codes_for(const Tensor& codes, const Tensor& scores) {
 }
 
 // Calls f(scalar_t*, code_t*) with code_t = scalar_t or acc_t, as `codes_for` chose.
-#define SEER_XENT_DISPATCH(SCORES, CODES, NAME, ...)                                                  \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, SCORES.scalar_type(), NAME, [&] {        \
-    using acc_t = at::opmath_type<scalar_t>;                                                          \
-    if (CODES.scalar_type() == SCORES.scalar_type()) {                                                \
-      using code_t = scalar_t;                                                                        \
-      __VA_ARGS__();                                                                                  \
-    } else {                                                                                          \
-      using code_t = acc_t;                                                                           \
-      __VA_ARGS__();                                                                                  \
-    }                                                                                                 \
+#define SEER_XENT_DISPATCH(SCORES, CODES, NAME, ...)                                          \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, SCORES.scalar_type(), NAME, [&] { \
+    using acc_t = at::opmath_type<scalar_t>;                                                  \
+    if (CODES.scalar_type() == SCORES.scalar_type()) {                                        \
+      using code_t = scalar_t;                                                                \
+      __VA_ARGS__();                                                                          \
+    } else {                                                                                  \
+      using code_t = acc_t;                                                                   \
+      __VA_ARGS__();                                                                          \
+    }                                                                                         \
   })
 
-std::tuple<Tensor, Tensor> forward_cuda(const Tensor& scores_in, const Tensor& codes_in, double temperature) {
+std::tuple<Tensor, Tensor> forward_cuda(const Tensor& scores_in, const Tensor& codes_in,
+                                        double temperature) {
   check_operands(scores_in, codes_in, temperature);
   const c10::cuda::CUDAGuard guard(scores_in.device());
   const Tensor scores = scores_in.contiguous(), codes = codes_for(codes_in, scores_in);
@@ -217,16 +228,17 @@ std::tuple<Tensor, Tensor> forward_cuda(const Tensor& scores_in, const Tensor& c
   return {loss, lse};
 }
 
-Tensor backward_cuda(const Tensor& grad_loss, const Tensor& scores_in, const Tensor& codes_in, const Tensor& lse_in,
-                     double temperature) {
+Tensor backward_cuda(const Tensor& grad_loss, const Tensor& scores_in, const Tensor& codes_in,
+                     const Tensor& lse_in, double temperature) {
   check_operands(scores_in, codes_in, temperature);
-  TORCH_CHECK(grad_loss.numel() == 1, "swav_cross_entropy_backward: grad_loss must be a scalar, got ",
-              grad_loss.sizes());
+  TORCH_CHECK(grad_loss.numel() == 1,
+              "swav_cross_entropy_backward: grad_loss must be a scalar, got ", grad_loss.sizes());
   const c10::cuda::CUDAGuard guard(scores_in.device());
   const Tensor scores = scores_in.contiguous(), codes = codes_for(codes_in, scores_in);
   const int64_t V = scores.size(0), B = scores.size(1), K = scores.size(2), A = codes.size(0);
   TORCH_CHECK(lse_in.dim() == 2 && lse_in.size(0) == V && lse_in.size(1) == B,
-              "swav_cross_entropy_backward: lse must be (V, B) = (", V, ", ", B, "), got ", lse_in.sizes());
+              "swav_cross_entropy_backward: lse must be (V, B) = (", V, ", ", B, "), got ",
+              lse_in.sizes());
   const Tensor lse = lse_in.to(scores.device(), at::kDouble).contiguous();
   // The incoming gradient stays on the device (no host sync), in the accumulation type.
   const Tensor g = grad_loss.reshape({}).to(scores.device(), acc_dtype(scores)).contiguous();
@@ -235,9 +247,9 @@ Tensor backward_cuda(const Tensor& grad_loss, const Tensor& scores_in, const Ten
   const auto stream = at::cuda::getCurrentCUDAStream();
   SEER_XENT_DISPATCH(scores, codes, "swav_cross_entropy_backward_cuda", [&] {
     backward_rows<scalar_t, code_t, acc_t><<<V * B, kThreads, 0, stream>>>(
-        g.const_data_ptr<acc_t>(), scores.const_data_ptr<scalar_t>(), codes.const_data_ptr<code_t>(),
-        lse.const_data_ptr<double>(), grad.data_ptr<scalar_t>(), V, A, B, K, temperature,
-        1.0 / (temperature * norm));
+        g.const_data_ptr<acc_t>(), scores.const_data_ptr<scalar_t>(),
+        codes.const_data_ptr<code_t>(), lse.const_data_ptr<double>(), grad.data_ptr<scalar_t>(), V,
+        A, B, K, temperature, 1.0 / (temperature * norm));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;
