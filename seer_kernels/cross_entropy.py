@@ -17,8 +17,8 @@ the dtype of scores; codes get no gradient.
 Triton kernels: one program per sample b holds all V crops of that sample as a
 (V, BLOCK_K) tile, so each code row is read from memory once per direction and serves
 every crop (C_v is built in registers from the A code rows), and scores are read once
-(online logsumexp over K blocks). Bytes: forward V B K e_s + A B K e_c + 4 V B + 4 B;
-backward 2 V B K e_s + 2 A B K e_c + 4 V B (one extra pass over the codes for R_v, since
+(online logsumexp over K blocks). Bytes: forward V B K e_s + A B K e_c + 8 V B + 8 B;
+backward 2 V B K e_s + 2 A B K e_c + 8 V B (one extra pass over the codes for R_v, since
 only lse is kept). FLOPs: ~ V B K (A + 5) each way plus one exp per score element.
 """
 
