@@ -27,7 +27,8 @@ TORCH_LIBRARY(seer_kernels, m) {
       "embeddings_rnorm, Tensor prototypes_rnorm, bool normalize) -> (Tensor, Tensor)");
 
   // Multi-crop swapped-prediction cross-entropy: scores (V, B, K), codes (A, B, K) ->
-  // (scalar fp32 loss, fp32 (V, B) logsumexp of scores / temperature).
+  // (scalar loss, fp32 (fp64 for fp64 scores); fp64 (V, B) logsumexp of scores /
+  // temperature: backward needs it to better than an fp32 ulp of |lse| ~ |score| / T).
   m.def("swav_cross_entropy(Tensor scores, Tensor codes, float temperature) -> (Tensor, Tensor)");
   m.def(
       "swav_cross_entropy_backward(Tensor grad_loss, Tensor scores, Tensor codes, Tensor lse, "

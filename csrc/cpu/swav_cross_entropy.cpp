@@ -1,0 +1,136 @@
+// SwAV multi-crop swapped-prediction cross-entropy, CPU: the ops
+// seer_kernels::swav_cross_entropy and seer_kernels::swav_cross_entropy_backward.
+//
+// With lse_v[b] = logsumexp_k scores[v, b, k] / T, r_a[b] = sum_k codes[a, b, k],
+// C_v[b] = sum_{a < A, a != v} codes[a, b] and R_v[b] = sum_{a < A, a != v} r_a[b]:
+//   loss = sum_{v, b} (lse_v[b] R_v[b] - <C_v[b], scores[v, b]> / T) / (A (V - 1) B)
+//   d loss / d scores[v, b] = (R_v[b] softmax(scores[v, b] / T) - C_v[b]) / (T A (V - 1) B)
+// which is the reference's loop over (a, v != a) pairs regrouped per crop: one logsumexp
+// per (v, b) serves every a, and forward keeps only those V B values for backward.
+//
+// This file holds the tensor side: checks, contiguity, threading over samples b, and the
+// deterministic loss reduction (one partial per b, summed in index order in double, so
+// the result does not depend on the thread count). The row kernels, with the byte and
+// FLOP counts, are in swav_cross_entropy_kernel.h, compiled per CPU capability.
+#include "swav_cross_entropy.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace seer_kernels::xent {
+namespace {
+
+using at::Tensor;
+
+// The row kernels for the best instruction set this CPU has (ATen's own choice, which
+// honours the ATEN_CPU_CAPABILITY environment variable, e.g. to test the other units).
+RowKernels select_kernels() {
+  const std::string cap = at::get_cpu_capability();
+  if (cap == "AVX512") return row_kernels_avx512();
+  if (cap == "AVX2") return row_kernels_avx2();
+  return row_kernels_default();
+}
+
+bool supported_float(c10::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// The op-level contract (the Python wrapper has already given friendlier messages).
+void check_operands(const Tensor& scores, const Tensor& codes, double temperature) {
+  TORCH_CHECK(scores.dim() == 3, "swav_cross_entropy: scores must be (V, B, K), got ",
+              scores.sizes());
+  TORCH_CHECK(codes.dim() == 3, "swav_cross_entropy: codes must be (A, B, K), got ", codes.sizes());
+  TORCH_CHECK(scores.device().is_cpu() && codes.device().is_cpu(),
+              "swav_cross_entropy (CPU): scores and codes must be CPU tensors");
+  TORCH_CHECK(supported_float(scores.scalar_type()),
+              "swav_cross_entropy: scores must be float32/float64/float16/bfloat16, got ",
+              scores.scalar_type());
+  TORCH_CHECK(supported_float(codes.scalar_type()),
+              "swav_cross_entropy: codes must be float32/float64/float16/bfloat16, got ",
+              codes.scalar_type());
+  const int64_t V = scores.size(0), A = codes.size(0);
+  TORCH_CHECK(V >= 2, "swav_cross_entropy: scores must hold V >= 2 crops, got V=", V);
+  TORCH_CHECK(A >= 1 && A <= V, "swav_cross_entropy: codes must hold 1 <= A <= V crops, got A=", A,
+              " with V=", V);
+  TORCH_CHECK(codes.size(1) == scores.size(1) && codes.size(2) == scores.size(2),
+              "swav_cross_entropy: codes ", codes.sizes(), " must match scores ", scores.sizes(),
+              " in B and K");
+  TORCH_CHECK(scores.size(1) > 0 && scores.size(2) > 0,
+              "swav_cross_entropy: scores must not be empty, got ", scores.sizes());
+  TORCH_CHECK(temperature > 0.0 && std::isfinite(temperature),
+              "swav_cross_entropy: temperature must be finite and > 0, got ", temperature);
+}
+
+c10::ScalarType loss_dtype(const Tensor& scores) {
+  return scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+Problem make_problem(const Tensor& scores, const Tensor& codes, double temperature) {
+  return {scores.const_data_ptr(), scores.scalar_type(), codes.const_data_ptr(),
+          codes.scalar_type(),     scores.size(0),       codes.size(0),
+          scores.size(1),          scores.size(2),       temperature};
+}
+
+// Samples per task: enough that one task touches ~64k elements (amortizes the scratch
+// buffers and the scheduling) and small batches still split across threads.
+int64_t grain(const Problem& p) { return std::max<int64_t>(1, (int64_t{1} << 16) / (p.V * p.K)); }
+
+std::tuple<Tensor, Tensor> forward_cpu(const Tensor& scores_in, const Tensor& codes_in,
+                                       double temperature) {
+  check_operands(scores_in, codes_in, temperature);
+  const Tensor scores = scores_in.contiguous(), codes = codes_in.contiguous();
+  const Problem p = make_problem(scores, codes, temperature);
+  const auto loss_type = loss_dtype(scores);
+  Tensor lse = at::empty({p.V, p.B}, scores.options().dtype(at::kDouble));
+  std::vector<double> terms(p.B);
+  const RowKernels k = select_kernels();
+  void* lse_ptr = lse.data_ptr();
+  at::parallel_for(0, p.B, grain(p),
+                   [&](int64_t b0, int64_t b1) { k.forward(p, lse_ptr, terms.data(), b0, b1); });
+  double total = 0.0;
+  for (const double t : terms) total += t;  // index order: same bits for any thread count
+  const double norm =
+      static_cast<double>(p.A) * static_cast<double>(p.V - 1) * static_cast<double>(p.B);
+  Tensor loss = at::scalar_tensor(total / norm, scores.options().dtype(loss_type));
+  return {loss, lse};
+}
+
+Tensor backward_cpu(const Tensor& grad_loss, const Tensor& scores_in, const Tensor& codes_in,
+                    const Tensor& lse_in, double temperature) {
+  check_operands(scores_in, codes_in, temperature);
+  TORCH_CHECK(grad_loss.numel() == 1,
+              "swav_cross_entropy_backward: grad_loss must be a scalar, got ", grad_loss.sizes());
+  const Tensor scores = scores_in.contiguous(), codes = codes_in.contiguous();
+  const Problem p = make_problem(scores, codes, temperature);
+  TORCH_CHECK(lse_in.dim() == 2 && lse_in.size(0) == p.V && lse_in.size(1) == p.B,
+              "swav_cross_entropy_backward: lse must be (V, B) = (", p.V, ", ", p.B, "), got ",
+              lse_in.sizes());
+  const Tensor lse = lse_in.to(at::kDouble).contiguous();
+  const double norm =
+      static_cast<double>(p.A) * static_cast<double>(p.V - 1) * static_cast<double>(p.B);
+  const double scale = grad_loss.item<double>() / (temperature * norm);
+  Tensor grad = at::empty(scores.sizes(), scores.options());
+  const RowKernels k = select_kernels();
+  const void* lse_ptr = lse.const_data_ptr();
+  void* grad_ptr = grad.data_ptr();
+  at::parallel_for(0, p.B, grain(p), [&](int64_t b0, int64_t b1) {
+    k.backward(p, lse_ptr, scale, grad_ptr, b0, b1);
+  });
+  return grad;
+}
+
+}  // namespace
+}  // namespace seer_kernels::xent
+
+TORCH_LIBRARY_IMPL(seer_kernels, CPU, m) {
+  m.impl("swav_cross_entropy", &seer_kernels::xent::forward_cpu);
+  m.impl("swav_cross_entropy_backward", &seer_kernels::xent::backward_cpu);
+}
