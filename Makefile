@@ -46,8 +46,14 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/clang-format -i $$(find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
+# The main job: SwAV pretraining of a small RegNet on the embedded digits (CPU), then
+# SEER's evaluation against random-init and raw-pixel baselines; the table prints last.
+# RUN_DIR=... puts the run elsewhere; an existing finished run is only re-evaluated.
+RUN_DIR ?= runs/default
 demo: build
 	$(PY) -m seer_kernels.demo
+	$(PY) -m seer.train run_dir=$(RUN_DIR)
+	$(PY) -m seer.eval $(RUN_DIR)
 
 bench: build
 	$(PY) -m benchmarks.run
