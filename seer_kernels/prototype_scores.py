@@ -25,6 +25,9 @@ Triton algorithm (E (N, D), P (K, D), G = d loss / d scores (N, K)):
             on the accumulator (it has the whole row); otherwise the reduction is split
             over R (more programs for small M) and/or D is tiled, fp32 partials go to a
             scratch (S, M, D) and a finishing kernel sums them and projects.
+            The projection's row sums and update run in fp64 (exact products of fp32
+            values): where d is nearly parallel to x (D = 1 exactly) fp32 scalars would
+            leave a few ulp of |d| rn where the true gradient is ~0.
             bytes: G read twice (2 N K s), E and P read ~2x, d_E and d_P written once;
             FLOPs 4 N K D.
 """
@@ -74,8 +77,9 @@ if triton is not None:
         return rn
 
     @triton.jit
-    def _rnorm_rows(x_ptr, rn_ptr, block, M, D, s_m, s_d, EPS: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_D: tl.constexpr):
+    def _rnorm_rows(
+        x_ptr, rn_ptr, block, M, D, s_m, s_d, EPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr
+    ):
         """rn = 1 / max(||x||, eps) for BLOCK_M rows; accumulates in rn's dtype."""
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < M
@@ -89,8 +93,23 @@ if triton is not None:
         tl.store(rn_ptr + rows, _inverse_norm(ss, EPS), mask=row_ok)
 
     @triton.jit
-    def _rnorm_kernel(e_ptr, p_ptr, rn_e_ptr, rn_p_ptr, N, K, D, s_en, s_ed, s_pk, s_pd, E_BLOCKS,
-                      EPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    def _rnorm_kernel(
+        e_ptr,
+        p_ptr,
+        rn_e_ptr,
+        rn_p_ptr,
+        N,
+        K,
+        D,
+        s_en,
+        s_ed,
+        s_pk,
+        s_pd,
+        E_BLOCKS,
+        EPS: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
         """Inverse row norms of both operands in one launch: the first E_BLOCKS programs
         take embedding rows, the rest prototype rows."""
         pid = tl.program_id(0)
@@ -110,9 +129,28 @@ if triton is not None:
         return first_m + (pid % per_group) % group_m, (pid % per_group) // group_m
 
     @triton.jit
-    def _scores_kernel(e_ptr, p_ptr, rn_e_ptr, rn_p_ptr, out_ptr, N, K, D, s_en, s_ed, s_pk, s_pd, s_on,
-                       s_ok, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_N: tl.constexpr):
+    def _scores_kernel(
+        e_ptr,
+        p_ptr,
+        rn_e_ptr,
+        rn_p_ptr,
+        out_ptr,
+        N,
+        K,
+        D,
+        s_en,
+        s_ed,
+        s_pk,
+        s_pd,
+        s_on,
+        s_ok,
+        NORMALIZE: tl.constexpr,
+        PRECISION: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        GROUP_N: tl.constexpr,
+    ):
         """out[n, k] = rn_e[n] rn_p[k] <e[n], p[k]>: raw operands in, scaled epilogue."""
         tile_n, tile_k = _grouped_tile(tl.program_id(0), N, K, BLOCK_N, BLOCK_K, GROUP_N)
         rows = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -134,17 +172,50 @@ if triton is not None:
         tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _project(d, x, rn, ss, dot, EPS: tl.constexpr):
-        """Gradient of x / max(||x||, eps) from d = d(loss)/d(x_hat) (rows of a tile):
-        rn (d - x rn^2 <x, d>) where ||x|| >= eps (ss = ||x||^2), rn d where clamped."""
-        c = tl.where(_sqrt(ss) >= tl.full(ss.shape, EPS, ss.dtype), rn * rn * dot, 0.0)
-        return rn[:, None] * (d - x * c[:, None])
+    def _row_sums(x, d):
+        """||x||^2 and <x, d> per row of a tile, in fp64: products of fp32 values are
+        exact there, so the projection below cancels exactly where d is parallel to x."""
+        x64 = x.to(tl.float64)
+        return tl.sum(x64 * x64, axis=1), tl.sum(x64 * d.to(tl.float64), axis=1)
 
     @triton.jit
-    def _grad_kernel(g_ptr, y_ptr, rn_y_ptr, x_ptr, rn_x_ptr, out_ptr, M, R, D, R_SPLIT, s_gm, s_gr, s_yr,
-                     s_yd, s_xm, s_xd, s_os, s_om, s_od, NORMALIZE: tl.constexpr, PROJECT: tl.constexpr,
-                     PRECISION: tl.constexpr, EPS: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    def _project(d, x, rn, ss, dot, EPS: tl.constexpr):
+        """Gradient of x / max(||x||, eps) from d = d(loss)/d(x_hat), in fp64:
+        rn (d - x <x, d> / ||x||^2) where ||x|| >= eps (x_hat <x_hat, d> without the
+        rounding of rn^2), rn d where clamped. ss, dot: fp64 row sums (_row_sums)."""
+        keep = tl.sqrt(ss) >= EPS
+        c = tl.where(keep, dot / tl.where(keep, ss, 1.0), 0.0)
+        return rn.to(tl.float64)[:, None] * (d.to(tl.float64) - x.to(tl.float64) * c[:, None])
+
+    @triton.jit
+    def _grad_kernel(
+        g_ptr,
+        y_ptr,
+        rn_y_ptr,
+        x_ptr,
+        rn_x_ptr,
+        out_ptr,
+        M,
+        R,
+        D,
+        R_SPLIT,
+        s_gm,
+        s_gr,
+        s_yr,
+        s_yd,
+        s_xm,
+        s_xd,
+        s_os,
+        s_om,
+        s_od,
+        NORMALIZE: tl.constexpr,
+        PROJECT: tl.constexpr,
+        PRECISION: tl.constexpr,
+        EPS: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
         """d_x_hat[m, :] = sum_r G[m, r] rn_y[r] y[r, :] over this program's R slice;
         projected into d_x in the epilogue when PROJECT (one D tile, one R slice)."""
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -168,11 +239,13 @@ if triton is not None:
         mask = row_ok[:, None] & col_ok[None, :]
         if PROJECT:
             x = tl.load(x_ptr + rows[:, None] * s_xm + cols[None, :] * s_xd, mask=mask, other=0.0)
-            x = x.to(acc.dtype)
             rn_x = tl.load(rn_x_ptr + rows, mask=row_ok, other=0.0)
-            acc = _project(acc, x, rn_x, tl.sum(x * x, axis=1), tl.sum(x * acc, axis=1), EPS)
+            ss, dot = _row_sums(x, acc)
+            result = _project(acc, x, rn_x, ss, dot, EPS)
+        else:
+            result = acc
         offs = split * s_os + rows[:, None].to(tl.int64) * s_om + cols[None, :] * s_od
-        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + offs, result.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _split_sum(part_ptr, rows, cols, mask, M, D, SPLITS):
@@ -184,23 +257,36 @@ if triton is not None:
         return d
 
     @triton.jit
-    def _finish_kernel(part_ptr, x_ptr, rn_x_ptr, out_ptr, M, D, SPLITS, s_xm, s_xd, NORMALIZE: tl.constexpr,
-                       EPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    def _finish_kernel(
+        part_ptr,
+        x_ptr,
+        rn_x_ptr,
+        out_ptr,
+        M,
+        D,
+        SPLITS,
+        s_xm,
+        s_xd,
+        NORMALIZE: tl.constexpr,
+        EPS: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
         """d_x from fp32 partials: sum the splits, then (NORMALIZE) one pass for ||x||^2
         and <x, d>, a second to write the projected gradient."""
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < M
-        ss = tl.zeros((BLOCK_M,), rn_x_ptr.dtype.element_ty)
-        dot = tl.zeros((BLOCK_M,), rn_x_ptr.dtype.element_ty)
+        ss = tl.zeros((BLOCK_M,), tl.float64)
+        dot = tl.zeros((BLOCK_M,), tl.float64)
         if NORMALIZE:
             for d0 in range(0, D, BLOCK_D):
                 cols = d0 + tl.arange(0, BLOCK_D)
                 mask = row_ok[:, None] & (cols[None, :] < D)
                 d = _split_sum(part_ptr, rows, cols, mask, M, D, SPLITS)
                 x = tl.load(x_ptr + rows[:, None] * s_xm + cols[None, :] * s_xd, mask=mask, other=0.0)
-                x = x.to(d.dtype)
-                ss += tl.sum(x * x, axis=1)
-                dot += tl.sum(x * d, axis=1)
+                chunk_ss, chunk_dot = _row_sums(x, d)
+                ss += chunk_ss
+                dot += chunk_dot
         rn_x = tl.load(rn_x_ptr + rows, mask=row_ok, other=0.0)
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
@@ -208,7 +294,7 @@ if triton is not None:
             d = _split_sum(part_ptr, rows, cols, mask, M, D, SPLITS)
             if NORMALIZE:
                 x = tl.load(x_ptr + rows[:, None] * s_xm + cols[None, :] * s_xd, mask=mask, other=0.0)
-                d = _project(d, x.to(d.dtype), rn_x, ss, dot, EPS)
+                d = _project(d, x, rn_x, ss, dot, EPS)
             offs = rows[:, None].to(tl.int64) * D + cols[None, :]
             tl.store(out_ptr + offs, d.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -229,6 +315,12 @@ def _dot_precision(x: torch.Tensor) -> str:
     return "tf32" if tf32 else "ieee"
 
 
+def _interpreter_scale(x: torch.Tensor) -> int:
+    """Block-size multiplier: the interpreter pays per program and per loop step, not
+    per element, so CPU tensors (TRITON_INTERPRET=1) get 4x wider row/reduction blocks."""
+    return 1 if x.is_cuda else 4
+
+
 def _programs_wanted(x: torch.Tensor) -> int:
     """Programs that keep the device busy: two per SM (a notional two SMs under the
     interpreter, so that the tests exercise the split-R path)."""
@@ -239,25 +331,59 @@ def _programs_wanted(x: torch.Tensor) -> int:
 
 def _launch_rnorms(e: torch.Tensor, p: torch.Tensor, rn_e: torch.Tensor, rn_p: torch.Tensor) -> None:
     (n, d), k = e.shape, p.shape[0]
-    block_m, block_d = 32, _pow2(d, 16, 256)
+    block_m, block_d = 32 * _interpreter_scale(e), _pow2(d, 16, 256)
     e_blocks = triton.cdiv(n, block_m)
     grid = (e_blocks + triton.cdiv(k, block_m),)
     torch.library.wrap_triton(_rnorm_kernel)[grid](
-        e, p, rn_e, rn_p, n, k, d, e.stride(0), e.stride(1), p.stride(0), p.stride(1), e_blocks,
-        EPS=EPS, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4,
+        e,
+        p,
+        rn_e,
+        rn_p,
+        n,
+        k,
+        d,
+        e.stride(0),
+        e.stride(1),
+        p.stride(0),
+        p.stride(1),
+        e_blocks,
+        EPS=EPS,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+        num_warps=4,
     )
 
 
 def _launch_scores(e, p, rn_e, rn_p, out, normalize: bool) -> None:
     (n, d), k = e.shape, p.shape[0]
     # Reduction tile: 128 bytes of a row per load (64 fp16/bf16, 32 fp32, 16 fp64).
-    block_d = _pow2(d, 16, 128 // e.element_size())
-    block_n, block_k = _pow2(n, 16, 128), _pow2(k, 16, 128)
+    scale = _interpreter_scale(e)
+    block_d = _pow2(d, 16, 128 // e.element_size() * scale)
+    block_n, block_k = _pow2(n, 16, 128), _pow2(k, 16, 128 * scale)
     grid = (triton.cdiv(n, block_n) * triton.cdiv(k, block_k),)
     torch.library.wrap_triton(_scores_kernel)[grid](
-        e, p, rn_e, rn_p, out, n, k, d, e.stride(0), e.stride(1), p.stride(0), p.stride(1),
-        out.stride(0), out.stride(1), NORMALIZE=normalize, PRECISION=_dot_precision(e),
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, GROUP_N=8, num_warps=8, num_stages=3,
+        e,
+        p,
+        rn_e,
+        rn_p,
+        out,
+        n,
+        k,
+        d,
+        e.stride(0),
+        e.stride(1),
+        p.stride(0),
+        p.stride(1),
+        out.stride(0),
+        out.stride(1),
+        NORMALIZE=normalize,
+        PRECISION=_dot_precision(e),
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        BLOCK_D=block_d,
+        GROUP_N=8,
+        num_warps=8,
+        num_stages=3,
     )
 
 
@@ -270,9 +396,10 @@ def _launch_grad(g_strides: tuple[int, int], g, x, rn_x, y, rn_y, normalize: boo
         return out
     if r == 0:
         return out.zero_()
-    block_m, block_r = 64, 128 // x.element_size()
+    scale = _interpreter_scale(x)
+    block_m = _pow2(m, 16, 64 * scale)
+    block_r = _pow2(r, 16, 128 // x.element_size() * scale)
     block_d = _pow2(d, 16, _FUSED_MAX_D) if d <= _FUSED_MAX_D else 128
-    block_r = _pow2(r, 16, block_r)
     tiles = triton.cdiv(m, block_m) * triton.cdiv(d, block_d)
     splits = min(triton.cdiv(_programs_wanted(x), tiles), max(1, r // (4 * block_r)), 32)
     r_split = triton.cdiv(triton.cdiv(r, splits), block_r) * block_r
@@ -286,15 +413,52 @@ def _launch_grad(g_strides: tuple[int, int], g, x, rn_x, y, rn_y, normalize: boo
         s_os = dest.stride(0)
     grid = (triton.cdiv(m, block_m), triton.cdiv(d, block_d), splits)
     torch.library.wrap_triton(_grad_kernel)[grid](
-        g, y, rn_y, x, rn_x, dest, m, r, d, r_split, g_strides[0], g_strides[1], y.stride(0), y.stride(1),
-        x.stride(0), x.stride(1), s_os, dest.stride(-2), dest.stride(-1), NORMALIZE=normalize,
-        PROJECT=project, PRECISION=_dot_precision(x), EPS=EPS, BLOCK_M=block_m, BLOCK_R=block_r,
-        BLOCK_D=block_d, num_warps=8 if block_d >= 128 else 4, num_stages=3,
+        g,
+        y,
+        rn_y,
+        x,
+        rn_x,
+        dest,
+        m,
+        r,
+        d,
+        r_split,
+        g_strides[0],
+        g_strides[1],
+        y.stride(0),
+        y.stride(1),
+        x.stride(0),
+        x.stride(1),
+        s_os,
+        dest.stride(-2),
+        dest.stride(-1),
+        NORMALIZE=normalize,
+        PROJECT=project,
+        PRECISION=_dot_precision(x),
+        EPS=EPS,
+        BLOCK_M=block_m,
+        BLOCK_R=block_r,
+        BLOCK_D=block_d,
+        num_warps=8 if block_d >= 128 else 4,
+        num_stages=3,
     )
     if not direct:
-        torch.library.wrap_triton(_finish_kernel)[(triton.cdiv(m, 32),)](
-            dest, x, rn_x, out, m, d, splits, x.stride(0), x.stride(1), NORMALIZE=normalize, EPS=EPS,
-            BLOCK_M=32, BLOCK_D=_pow2(d, 16, 128), num_warps=4,
+        finish_m = 32 * scale
+        torch.library.wrap_triton(_finish_kernel)[(triton.cdiv(m, finish_m),)](
+            dest,
+            x,
+            rn_x,
+            out,
+            m,
+            d,
+            splits,
+            x.stride(0),
+            x.stride(1),
+            NORMALIZE=normalize,
+            EPS=EPS,
+            BLOCK_M=finish_m,
+            BLOCK_D=_pow2(d, 16, 128),
+            num_warps=4,
         )
     return out
 
@@ -318,21 +482,23 @@ def _autograd_backward(backward_op):
     return backward
 
 
+def _fake_forward(embeddings, prototypes, normalize):
+    n, k = embeddings.shape[0], prototypes.shape[0]
+    acc = _acc_dtype(embeddings.dtype)
+    return (
+        embeddings.new_empty((n, k)),
+        embeddings.new_empty((n,), dtype=acc),
+        embeddings.new_empty((k,), dtype=acc),
+    )
+
+
+def _fake_backward(grad, embeddings, prototypes, embeddings_rnorm, prototypes_rnorm, normalize):
+    return embeddings.new_empty(embeddings.shape), prototypes.new_empty(prototypes.shape)
+
+
 def _register_cpp() -> None:
-    @torch.library.register_fake("seer_kernels::prototype_scores")
-    def _(embeddings, prototypes, normalize):
-        n, k = embeddings.shape[0], prototypes.shape[0]
-        acc = _acc_dtype(embeddings.dtype)
-        return (
-            embeddings.new_empty((n, k)),
-            embeddings.new_empty((n,), dtype=acc),
-            embeddings.new_empty((k,), dtype=acc),
-        )
-
-    @torch.library.register_fake("seer_kernels::prototype_scores_backward")
-    def _(grad, embeddings, prototypes, embeddings_rnorm, prototypes_rnorm, normalize):
-        return embeddings.new_empty(embeddings.shape), prototypes.new_empty(prototypes.shape)
-
+    torch.library.register_fake("seer_kernels::prototype_scores", _fake_forward)
+    torch.library.register_fake("seer_kernels::prototype_scores_backward", _fake_backward)
     torch.library.register_autograd(
         "seer_kernels::prototype_scores",
         _autograd_backward(torch.ops.seer_kernels.prototype_scores_backward),
@@ -377,6 +543,12 @@ def _register_triton():
         return grad_e, grad_p
 
     forward.register_autograd(_autograd_backward(backward), setup_context=_setup_context)
+    if _backend.triton_interpreted():
+        # triton_op uses the function itself as its fake kernel, but under the
+        # interpreter wrap_triton hands back the bare interpreted kernel, which would run
+        # on fake tensors. Shapes only, then (on a GPU the traced function is used).
+        forward.register_fake(_fake_forward)
+        backward.register_fake(_fake_backward)
     return forward
 
 

@@ -23,7 +23,11 @@
 //   ||x|| <  eps: y = x / eps,  dy/dx = I / eps                 ->  d_x = rn d_y
 // (at ||x|| == eps the clamp passes the gradient to the norm, as torch's clamp_min does).
 // The projection pass re-reads x and recomputes ||x||^2 with the dot <x, d_y> in the same
-// loop, so the branch is taken on the norm, not guessed from rn.
+// loop, so the branch is taken on the norm, not guessed from rn; these row scalars and the
+// update run in fp64 (exact products of fp32 values), written as
+//   d_x = rn (d_y - x <x, d_y> / ||x||^2),
+// which cancels exactly where d_y is parallel to x (there rn^2-based fp32 arithmetic
+// leaves a few ulp of |d_y| rn where the true gradient is ~0, e.g. every row at D = 1).
 //   bytes: read G (N K s) twice in the GEMMs, (N + K) D for x, x_hat, d_y and d_x.
 // normalize=false: plain product and plain GEMM gradients; the rnorms are ones.
 #include <ATen/ATen.h>
@@ -85,25 +89,21 @@ void store_row(const acc_t* computed, out_t* row, int64_t n) {
   }
 }
 
-// <x, x> and <x, y> in one pass over the row (vectorized, fp32/fp64 lanes).
+// <x, x> (vectorized, fp32/fp64 lanes).
 template <typename acc_t>
-std::pair<acc_t, acc_t> sumsq_and_dot(const acc_t* x, const acc_t* y, int64_t n) {
+acc_t sum_squares(const acc_t* x, int64_t n) {
   using Vec = at::vec::Vectorized<acc_t>;
-  Vec ss(0), dot(0);
+  Vec ss(0);
   int64_t i = 0;
   for (; i + Vec::size() <= n; i += Vec::size()) {
     const Vec xv = Vec::loadu(x + i);
     ss = at::vec::fmadd(xv, xv, ss);
-    dot = at::vec::fmadd(xv, Vec::loadu(y + i), dot);
   }
-  const auto add = [](Vec a, Vec b) { return a + b; };
-  acc_t s = at::vec::vec_reduce_all<acc_t>(add, ss);
-  acc_t d = at::vec::vec_reduce_all<acc_t>(add, dot);
+  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec a, Vec b) { return a + b; }, ss);
   for (; i < n; ++i) {
     s += x[i] * x[i];
-    d += x[i] * y[i];
   }
-  return {s, d};
+  return s;
 }
 
 // out[i] = x[i] * s.
@@ -113,11 +113,33 @@ void scale(const acc_t* x, acc_t s, acc_t* out, int64_t n) {
                n);
 }
 
-// out[i] = rn * (d[i] - x[i] * c).
+// ||x||^2 and <x, d> in fp64, four partial sums for the pipeline: products of fp32
+// values are exact in fp64, so the projection below cancels exactly where d is parallel
+// to x (D = 1: the true gradient is 0; fp32 row scalars leave a few ulp of |d| rn).
 template <typename acc_t>
-void project(const acc_t* d, const acc_t* x, acc_t rn, acc_t c, acc_t* out, int64_t n) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  at::vec::map2([rn, c](Vec dv, Vec xv) { return Vec(rn) * (dv - xv * Vec(c)); }, out, d, x, n);
+std::pair<double, double> sumsq_and_dot_f64(const acc_t* x, const acc_t* d, int64_t n) {
+  double ss[4] = {0, 0, 0, 0}, dot[4] = {0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (int k = 0; k < 4; ++k) {
+      const double xv = x[i + k];
+      ss[k] += xv * xv;
+      dot[k] += xv * static_cast<double>(d[i + k]);
+    }
+  }
+  for (; i < n; ++i) {
+    ss[0] += static_cast<double>(x[i]) * x[i];
+    dot[0] += static_cast<double>(x[i]) * d[i];
+  }
+  return {(ss[0] + ss[1]) + (ss[2] + ss[3]), (dot[0] + dot[1]) + (dot[2] + dot[3])};
+}
+
+// out[i] = rn (d[i] - x[i] c), evaluated in fp64 and rounded once.
+template <typename acc_t>
+void project(const acc_t* d, const acc_t* x, double rn, double c, acc_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = static_cast<acc_t>(rn * (static_cast<double>(d[i]) - static_cast<double>(x[i]) * c));
+  }
 }
 
 int64_t row_grain(int64_t d) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(d, 1)); }
@@ -133,7 +155,7 @@ void normalize_rows(const scalar_t* x, int64_t m, int64_t d, acc_type<scalar_t>*
     for (int64_t r = begin; r < end; ++r) {
       const acc_t* xr = as_acc(x + r * d, d, xbuf.data());
       if (compute_rn) {
-        const acc_t norm = std::sqrt(sumsq_and_dot(xr, xr, d).first);
+        const acc_t norm = std::sqrt(sum_squares(xr, d));
         rn[r] = acc_t(1) / std::max(norm, kEps<acc_t>);
       }
       acc_t* out = out_or_buf(x_hat + r * d, obuf.data());
@@ -154,9 +176,9 @@ void project_rows(const gemm_type<scalar_t>* d_y, const scalar_t* x, const acc_t
     for (int64_t r = begin; r < end; ++r) {
       const acc_t* xr = as_acc(x + r * d, d, xbuf.data());
       const acc_t* dr = as_acc(d_y + r * d, d, dbuf.data());
-      const auto [ss, dot] = sumsq_and_dot(xr, dr, d);
-      // <x_hat, d_y> * rn = rn^2 <x, d_y>; zero on the clamped branch.
-      const acc_t c = std::sqrt(ss) >= kEps<acc_t> ? rn[r] * rn[r] * dot : acc_t(0);
+      const auto [ss, dot] = sumsq_and_dot_f64(xr, dr, d);
+      // x_hat <x_hat, d_y> = x <x, d_y> / ||x||^2 (no rounding of rn^2); 0 where clamped.
+      const double c = std::sqrt(ss) >= 1e-12 ? dot / ss : 0.0;
       acc_t* out = out_or_buf(d_x + r * d, obuf.data());
       project(dr, xr, rn[r], c, out, d);
       store_row(out, d_x + r * d, d);

@@ -13,8 +13,9 @@
 // Backward: x_hat recomputed from the saved rn (no norms), d_E_hat = G P_hat and
 // d_P_hat = G^T E_hat by cuBLAS with fp32 output for fp16/bf16 (at::mm's out_dtype), so
 // the projection below does not start from a rounded half-precision gradient; then one
-// warp per row computes ||x||^2 and <x, d> in one pass and writes
-//   d_x = rn (d - x rn^2 <x, d>)   if ||x|| >= eps,   rn d   otherwise
+// warp per row computes ||x||^2 and <x, d> in one pass (fp64: products of fp32 values are
+// exact, so d parallel to x cancels exactly) and writes
+//   d_x = rn (d - x <x, d> / ||x||^2)   if ||x|| >= eps,   rn d   otherwise
 // (the exact gradient of x / max(||x||, eps); see the CPU file for the derivation).
 //   bytes: G read by each GEMM (2 N K s), (N + K) D (3 s + 4 + 4) for the rest.
 // normalize=false: plain GEMMs; the rnorms are ones.
@@ -83,7 +84,7 @@ __global__ void normalize_rows_kernel(const scalar_t* __restrict__ x, int64_t m,
   }
 }
 
-// d_x = rn (d_y - x rn^2 <x, d_y>) where ||x|| >= eps, rn d_y where clamped; one warp per row.
+// d_x = rn (d_y - x <x, d_y> / ||x||^2) where ||x|| >= eps, rn d_y where clamped; one warp per row.
 template <typename scalar_t, typename acc_t>
 __global__ void project_rows_kernel(const acc_t* __restrict__ d_y, const scalar_t* __restrict__ x,
                                     const acc_t* __restrict__ rn, int64_t m, int64_t d, scalar_t* __restrict__ d_x) {
@@ -94,18 +95,20 @@ __global__ void project_rows_kernel(const acc_t* __restrict__ d_y, const scalar_
   }
   const scalar_t* xr = x + row * d;
   const acc_t* dr = d_y + row * d;
-  acc_t ss = 0, dot = 0;
+  // Row scalars and update in fp64 (exact products of fp32 values; see the header).
+  double ss = 0, dot = 0;
   for (int64_t j = lane; j < d; j += kWarp) {
-    const acc_t v = static_cast<acc_t>(xr[j]);
+    const double v = static_cast<double>(static_cast<acc_t>(xr[j]));
     ss += v * v;
-    dot += v * dr[j];
+    dot += v * static_cast<double>(dr[j]);
   }
   ss = warp_sum(ss);
   dot = warp_sum(dot);
-  const acc_t r = rn[row];
-  const acc_t c = sqrt_rn(ss) >= static_cast<acc_t>(kEps) ? r * r * dot : acc_t(0);
+  const double r = static_cast<double>(rn[row]);
+  const double c = __dsqrt_rn(ss) >= kEps ? __ddiv_rn(dot, ss) : 0.0;
   for (int64_t j = lane; j < d; j += kWarp) {
-    d_x[row * d + j] = static_cast<scalar_t>(r * (dr[j] - static_cast<acc_t>(xr[j]) * c));
+    const double v = static_cast<double>(static_cast<acc_t>(xr[j]));
+    d_x[row * d + j] = static_cast<scalar_t>(r * (static_cast<double>(dr[j]) - v * c));
   }
 }
 
