@@ -32,8 +32,7 @@
 // normalize=false: plain product and plain GEMM gradients; the rnorms are ones.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
+#include <ATen/cpu/vec/vec.h>  // at::vec::convert (fp16/bf16 rows to fp32)
 #include <torch/library.h>
 
 #include <algorithm>
@@ -89,17 +88,26 @@ void store_row(const acc_t* computed, out_t* row, int64_t n) {
   }
 }
 
-// <x, x> (vectorized, fp32/fp64 lanes).
+// Row loops are plain loops over kLanes independent partial sums, which GCC vectorizes
+// at -O3 for the build's baseline ISA. ATen's Vectorized<float> would compile here to its
+// generic array fallback (the extension is built without CPU_CAPABILITY flags): measured
+// ~3x slower than these loops for the (16384, 256) normalization pass.
+constexpr int kLanes = 16;
+
+// <x, x> in the accumulation type.
 template <typename acc_t>
 acc_t sum_squares(const acc_t* x, int64_t n) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  Vec ss(0);
+  acc_t part[kLanes] = {};
   int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) {
-    const Vec xv = Vec::loadu(x + i);
-    ss = at::vec::fmadd(xv, xv, ss);
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) {
+      part[k] += x[i + k] * x[i + k];
+    }
   }
-  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec a, Vec b) { return a + b; }, ss);
+  acc_t s = 0;
+  for (int k = 0; k < kLanes; ++k) {
+    s += part[k];
+  }
   for (; i < n; ++i) {
     s += x[i] * x[i];
   }
@@ -109,29 +117,35 @@ acc_t sum_squares(const acc_t* x, int64_t n) {
 // out[i] = x[i] * s.
 template <typename acc_t>
 void scale(const acc_t* x, acc_t s, acc_t* out, int64_t n) {
-  at::vec::map([s](at::vec::Vectorized<acc_t> v) { return v * at::vec::Vectorized<acc_t>(s); }, out, x,
-               n);
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = x[i] * s;
+  }
 }
 
-// ||x||^2 and <x, d> in fp64, four partial sums for the pipeline: products of fp32
+// ||x||^2 and <x, d> in fp64 (kLanes partial sums each): products of fp32
 // values are exact in fp64, so the projection below cancels exactly where d is parallel
 // to x (D = 1: the true gradient is 0; fp32 row scalars leave a few ulp of |d| rn).
 template <typename acc_t>
 std::pair<double, double> sumsq_and_dot_f64(const acc_t* x, const acc_t* d, int64_t n) {
-  double ss[4] = {0, 0, 0, 0}, dot[4] = {0, 0, 0, 0};
+  double ss[kLanes] = {}, dot[kLanes] = {};
   int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    for (int k = 0; k < 4; ++k) {
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) {
       const double xv = x[i + k];
       ss[k] += xv * xv;
       dot[k] += xv * static_cast<double>(d[i + k]);
     }
   }
-  for (; i < n; ++i) {
-    ss[0] += static_cast<double>(x[i]) * x[i];
-    dot[0] += static_cast<double>(x[i]) * d[i];
+  double s = 0, t = 0;
+  for (int k = 0; k < kLanes; ++k) {
+    s += ss[k];
+    t += dot[k];
   }
-  return {(ss[0] + ss[1]) + (ss[2] + ss[3]), (dot[0] + dot[1]) + (dot[2] + dot[3])};
+  for (; i < n; ++i) {
+    s += static_cast<double>(x[i]) * x[i];
+    t += static_cast<double>(x[i]) * d[i];
+  }
+  return {s, t};
 }
 
 // out[i] = rn (d[i] - x[i] c), evaluated in fp64 and rounded once.

@@ -1,0 +1,130 @@
+"""prototype_scores: every backend against reference eager (F.normalize x2 + matmul),
+torch.compile(reference) and, forward only, a bare matmul of pre-normalized operands
+(the GPU target: within 10% of it).
+
+    PYTHONPATH=$PWD python -m pytest benchmarks/bench_prototype_scores.py --benchmark-only
+
+Shapes (N, D, K): (2048, 128, 3000), (512, 256, 16384), (16384, 256, 16384); on the CPU
+only the first two (the third is 137 GFLOP per forward) and fp32/bf16 (fp16 GEMMs on
+the CPU are a slow ATen fallback in the reference). Floors, s = element size:
+  forward           bytes (N + K) D s + N K s               FLOPs 2 N K D
+  forward+backward  bytes 4 (N + K) D s + 2 N K s           FLOPs 6 N K D
+(inputs read and outputs written once per pass; the scores/gradient once each way).
+extra_info also carries the measured TFLOP/s and, on a GPU, the peak memory.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import seer_kernels as sk
+from seer_kernels import _backend, reference
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+GPU_SHAPES = [(2048, 128, 3000), (512, 256, 16384), (16384, 256, 16384)]
+CPU_SHAPES = GPU_SHAPES[:2]
+SHAPES = GPU_SHAPES if DEVICE.type == "cuda" else CPU_SHAPES
+DTYPES = [torch.float32, torch.bfloat16, torch.float16] if DEVICE.type == "cuda" else [torch.float32, torch.bfloat16]
+MODES = ["forward", "forward+backward"]
+# Interpreted Triton is a correctness tool, not something to time.
+BACKENDS = [b for b in _backend.available_backends(DEVICE) if b != "reference"]
+if DEVICE.type == "cpu":
+    BACKENDS = [b for b in BACKENDS if b != "triton"]
+IMPLS = [*BACKENDS, "reference", "reference_compiled", "mm_prenormalized"]
+ROUNDS = {(2048, 128, 3000): 10, (512, 256, 16384): 5, (16384, 256, 16384): 10}
+
+# One static compile per (shape, dtype, mode): more than dynamo's default 8 per function.
+torch._dynamo.config.cache_size_limit = 64
+_compiled_reference = torch.compile(reference.prototype_scores, dynamic=False)
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def _impl(name: str):
+    if name == "reference":
+        return reference.prototype_scores
+    if name == "reference_compiled":
+        return _compiled_reference
+    return lambda e, p: sk.prototype_scores(e, p, backend=name)
+
+
+def _floor(n: int, d: int, k: int, dtype: torch.dtype, mode: str) -> tuple[int, int]:
+    s = torch.empty((), dtype=dtype).element_size()
+    if mode == "forward":
+        return (n + k) * d * s + n * k * s, 2 * n * k * d
+    return 4 * (n + k) * d * s + 2 * n * k * s, 6 * n * k * d
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).replace("torch.", ""))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("impl", IMPLS)
+def test_prototype_scores(benchmark, impl, shape, dtype, mode):
+    if impl == "mm_prenormalized" and mode != "forward":
+        pytest.skip("the bare-matmul baseline is forward only")
+    torch.set_num_threads(os.cpu_count() or 1)
+    n, d, k = shape
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    e = torch.randn(n, d, device=DEVICE, dtype=dtype, generator=gen)
+    p = torch.randn(k, d, device=DEVICE, dtype=dtype, generator=gen)
+    grad = torch.randn(n, k, device=DEVICE, dtype=dtype, generator=gen)
+
+    if impl == "mm_prenormalized":
+        e_hat, p_hat = F.normalize(e, dim=1), F.normalize(p, dim=1)
+
+        def run():
+            out = e_hat @ p_hat.t()
+            _sync()
+            return out
+
+        setup = None
+    elif mode == "forward":
+        fn = _impl(impl)
+
+        def run():
+            with torch.no_grad():
+                out = fn(e, p)
+            _sync()
+            return out
+
+        setup = None
+    else:
+        fn = _impl(impl)
+
+        def run(e_leaf, p_leaf):
+            fn(e_leaf, p_leaf).backward(grad)
+            _sync()
+
+        def setup():
+            return (e.detach().requires_grad_(), p.detach().requires_grad_()), {}
+
+    bytes_floor, flops = _floor(n, d, k, dtype, mode)
+    benchmark.group = f"prototype_scores {mode} N={n} D={d} K={k} {str(dtype).replace('torch.', '')}"
+    benchmark.extra_info.update(
+        {
+            "op": "prototype_scores",
+            "backend": impl,
+            "baseline": impl in ("reference", "reference_compiled", "mm_prenormalized"),
+            "shape": {"N": n, "D": d, "K": k},
+            "dtype": str(dtype).replace("torch.", ""),
+            "mode": mode,
+            "bytes": bytes_floor,
+            "flops": flops,
+        }
+    )
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+    rounds = ROUNDS[shape] if DEVICE.type == "cuda" else max(2, ROUNDS[shape] // 2)
+    benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=1)
+    median = benchmark.stats.stats.median
+    benchmark.extra_info["TFLOPs"] = flops / median / 1e12
+    benchmark.extra_info["GBps_floor"] = bytes_floor / median / 1e9
+    if DEVICE.type == "cuda":
+        benchmark.extra_info["peak_memory_bytes"] = torch.cuda.max_memory_allocated(DEVICE)
