@@ -38,6 +38,7 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -158,44 +159,50 @@ void project(const acc_t* d, const acc_t* x, double rn, double c, acc_t* out, in
 
 int64_t row_grain(int64_t d) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(d, 1)); }
 
-// x_hat = x * rn row by row. compute_rn: first compute rn = 1/max(||x||, eps) and store
-// it (forward); otherwise read the saved rn (backward). One read of x, one write of x_hat.
+// x_hat = x * rn for one row. compute_rn: first rn = 1/max(||x||, eps) (forward); else the
+// saved rn (backward). buf: 2 d scratch values of the accumulation type.
 template <typename scalar_t>
-void normalize_rows(const scalar_t* x, int64_t m, int64_t d, acc_type<scalar_t>* rn,
-                    gemm_type<scalar_t>* x_hat, bool compute_rn) {
+void normalize_row(const scalar_t* x, int64_t d, acc_type<scalar_t>& rn, gemm_type<scalar_t>* x_hat,
+                   bool compute_rn, acc_type<scalar_t>* buf) {
   using acc_t = acc_type<scalar_t>;
-  at::parallel_for(0, m, row_grain(d), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> xbuf(d), obuf(d);
-    for (int64_t r = begin; r < end; ++r) {
-      const acc_t* xr = as_acc(x + r * d, d, xbuf.data());
-      if (compute_rn) {
-        const acc_t norm = std::sqrt(sum_squares(xr, d));
-        rn[r] = acc_t(1) / std::max(norm, kEps<acc_t>);
-      }
-      acc_t* out = out_or_buf(x_hat + r * d, obuf.data());
-      scale(xr, rn[r], out, d);
-      store_row(out, x_hat + r * d, d);
-    }
-  });
+  const acc_t* xr = as_acc(x, d, buf);
+  if (compute_rn) {
+    rn = acc_t(1) / std::max(std::sqrt(sum_squares(xr, d)), kEps<acc_t>);
+  }
+  acc_t* out = out_or_buf(x_hat, buf + d);
+  scale(xr, rn, out, d);
+  store_row(out, x_hat, d);
 }
 
-// d_x = rn (d_y - x_hat <x_hat, d_y>) (||x|| >= eps) or rn d_y (||x|| < eps), row by row.
-// d_y has the GEMM type; d_x the input type (may alias d_y when the types agree).
+// d_x = rn (d_y - x_hat <x_hat, d_y>) (||x|| >= eps) or rn d_y (||x|| < eps) for one row.
+// d_y has the GEMM type, d_x the input type (may alias d_y when the types agree).
+// buf: 3 d scratch values of the accumulation type.
 template <typename scalar_t>
-void project_rows(const gemm_type<scalar_t>* d_y, const scalar_t* x, const acc_type<scalar_t>* rn,
-                  int64_t m, int64_t d, scalar_t* d_x) {
+void project_row(const gemm_type<scalar_t>* d_y, const scalar_t* x, acc_type<scalar_t> rn, int64_t d,
+                 scalar_t* d_x, acc_type<scalar_t>* buf) {
   using acc_t = acc_type<scalar_t>;
-  at::parallel_for(0, m, row_grain(d), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> xbuf(d), dbuf(d), obuf(d);
+  const acc_t* xr = as_acc(x, d, buf);
+  const acc_t* dr = as_acc(d_y, d, buf + d);
+  const auto [ss, dot] = sumsq_and_dot_f64(xr, dr, d);
+  // x_hat <x_hat, d_y> = x <x, d_y> / ||x||^2 (no rounding of rn^2); 0 where clamped.
+  const double c = std::sqrt(ss) >= 1e-12 ? dot / ss : 0.0;
+  acc_t* out = out_or_buf(d_x, buf + 2 * d);
+  project(dr, xr, rn, c, out, d);
+  store_row(out, d_x, d);
+}
+
+// row_fn(operand, row, buf) for every row of both operands (0: embeddings, 1: prototypes)
+// in ONE parallel region: one fork/join per pass, not two.
+template <typename acc_t, typename F>
+void for_rows_of_both(int64_t m_e, int64_t m_p, int64_t d, const F& row_fn) {
+  at::parallel_for(0, m_e + m_p, row_grain(d), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(3 * d);
     for (int64_t r = begin; r < end; ++r) {
-      const acc_t* xr = as_acc(x + r * d, d, xbuf.data());
-      const acc_t* dr = as_acc(d_y + r * d, d, dbuf.data());
-      const auto [ss, dot] = sumsq_and_dot_f64(xr, dr, d);
-      // x_hat <x_hat, d_y> = x <x, d_y> / ||x||^2 (no rounding of rn^2); 0 where clamped.
-      const double c = std::sqrt(ss) >= 1e-12 ? dot / ss : 0.0;
-      acc_t* out = out_or_buf(d_x + r * d, obuf.data());
-      project(dr, xr, rn[r], c, out, d);
-      store_row(out, d_x + r * d, d);
+      if (r < m_e) {
+        row_fn(0, r, buf.data());
+      } else {
+        row_fn(1, r - m_e, buf.data());
+      }
     }
   });
 }
@@ -214,26 +221,46 @@ void check_rnorm(const Tensor& rn, const Tensor& x, const char* name) {
               " must be ", acc_dtype(x.scalar_type()));
 }
 
-// Normalized copy of x in the GEMM dtype; fills rn when compute_rn.
-Tensor normalized(const Tensor& x, Tensor& rn, bool compute_rn) {
-  Tensor x_hat = at::empty(x.sizes(), x.options().dtype(gemm_dtype(x.scalar_type())));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "prototype_scores_normalize", [&] {
-    normalize_rows<scalar_t>(x.const_data_ptr<scalar_t>(), x.size(0), x.size(1),
-                             rn.mutable_data_ptr<acc_type<scalar_t>>(), x_hat.mutable_data_ptr<gemm_type<scalar_t>>(),
-                             compute_rn);
+// Normalized copies of e and p in the GEMM dtype; fills rn_e, rn_p when compute_rn.
+std::pair<Tensor, Tensor> normalized(const Tensor& e, const Tensor& p, const Tensor& rn_e, const Tensor& rn_p,
+                                     bool compute_rn) {
+  const auto options = e.options().dtype(gemm_dtype(e.scalar_type()));
+  Tensor e_hat = at::empty(e.sizes(), options);
+  Tensor p_hat = at::empty(p.sizes(), options);
+  const int64_t d = e.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.scalar_type(), "prototype_scores_normalize", [&] {
+    using acc_t = acc_type<scalar_t>;
+    using gemm_t = gemm_type<scalar_t>;
+    const scalar_t* x[2] = {e.const_data_ptr<scalar_t>(), p.const_data_ptr<scalar_t>()};
+    acc_t* rn[2] = {rn_e.data_ptr<acc_t>(), rn_p.data_ptr<acc_t>()};
+    gemm_t* x_hat[2] = {e_hat.mutable_data_ptr<gemm_t>(), p_hat.mutable_data_ptr<gemm_t>()};
+    for_rows_of_both<acc_t>(e.size(0), p.size(0), d, [&](int op, int64_t r, acc_t* buf) {
+      normalize_row<scalar_t>(x[op] + r * d, d, rn[op][r], x_hat[op] + r * d, compute_rn, buf);
+    });
   });
-  return x_hat;
+  return {e_hat, p_hat};
 }
 
-// The input-dtype gradient of x from d_y (GEMM dtype): in place when the dtypes agree.
-Tensor projected(const Tensor& d_y, const Tensor& x, const Tensor& rn) {
-  Tensor d_x = d_y.scalar_type() == x.scalar_type() ? d_y : at::empty(x.sizes(), x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "prototype_scores_project", [&] {
-    project_rows<scalar_t>(d_y.const_data_ptr<gemm_type<scalar_t>>(), x.const_data_ptr<scalar_t>(),
-                           rn.const_data_ptr<acc_type<scalar_t>>(), x.size(0), x.size(1),
-                           d_x.mutable_data_ptr<scalar_t>());
+// Input-dtype gradients of e and p from d_e_hat, d_p_hat (GEMM dtype); in place when the
+// dtypes agree.
+std::pair<Tensor, Tensor> projected(const Tensor& d_e_hat, const Tensor& d_p_hat, const Tensor& e, const Tensor& p,
+                                    const Tensor& rn_e, const Tensor& rn_p) {
+  const bool in_place = d_e_hat.scalar_type() == e.scalar_type();
+  Tensor d_e = in_place ? d_e_hat : at::empty(e.sizes(), e.options());
+  Tensor d_p = in_place ? d_p_hat : at::empty(p.sizes(), p.options());
+  const int64_t d = e.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.scalar_type(), "prototype_scores_project", [&] {
+    using acc_t = acc_type<scalar_t>;
+    using gemm_t = gemm_type<scalar_t>;
+    const gemm_t* d_hat[2] = {d_e_hat.const_data_ptr<gemm_t>(), d_p_hat.const_data_ptr<gemm_t>()};
+    const scalar_t* x[2] = {e.const_data_ptr<scalar_t>(), p.const_data_ptr<scalar_t>()};
+    const acc_t* rn[2] = {rn_e.const_data_ptr<acc_t>(), rn_p.const_data_ptr<acc_t>()};
+    scalar_t* d_x[2] = {d_e.mutable_data_ptr<scalar_t>(), d_p.mutable_data_ptr<scalar_t>()};
+    for_rows_of_both<acc_t>(e.size(0), p.size(0), d, [&](int op, int64_t r, acc_t* buf) {
+      project_row<scalar_t>(d_hat[op] + r * d, x[op] + r * d, rn[op][r], d, d_x[op] + r * d, buf);
+    });
   });
-  return d_x;
+  return {d_e, d_p};
 }
 
 std::tuple<Tensor, Tensor, Tensor> prototype_scores_cpu(const Tensor& embeddings, const Tensor& prototypes,
@@ -247,8 +274,7 @@ std::tuple<Tensor, Tensor, Tensor> prototype_scores_cpu(const Tensor& embeddings
   Tensor rn_p = at::empty({p.size(0)}, rn_options);
   Tensor e_hat, p_hat;
   if (normalize) {
-    e_hat = normalized(e, rn_e, /*compute_rn=*/true);
-    p_hat = normalized(p, rn_p, /*compute_rn=*/true);
+    std::tie(e_hat, p_hat) = normalized(e, p, rn_e, rn_p, /*compute_rn=*/true);
   } else {
     rn_e.fill_(1);
     rn_p.fill_(1);
@@ -276,13 +302,10 @@ std::tuple<Tensor, Tensor> prototype_scores_backward_cpu(const Tensor& grad, con
   }
   check_rnorm(embeddings_rnorm, e, "embeddings_rnorm");
   check_rnorm(prototypes_rnorm, p, "prototypes_rnorm");
-  Tensor rn_e = embeddings_rnorm.contiguous();
-  Tensor rn_p = prototypes_rnorm.contiguous();
-  const Tensor e_hat = normalized(e, rn_e, /*compute_rn=*/false);
-  const Tensor p_hat = normalized(p, rn_p, /*compute_rn=*/false);
-  const Tensor d_e_hat = at::mm(g, p_hat);
-  const Tensor d_p_hat = at::mm(g.t(), e_hat);
-  return {projected(d_e_hat, e, rn_e), projected(d_p_hat, p, rn_p)};
+  const Tensor rn_e = embeddings_rnorm.contiguous();
+  const Tensor rn_p = prototypes_rnorm.contiguous();
+  const auto [e_hat, p_hat] = normalized(e, p, rn_e, rn_p, /*compute_rn=*/false);
+  return projected(at::mm(g, p_hat), at::mm(g.t(), e_hat), e, p, rn_e, rn_p);
 }
 
 }  // namespace
