@@ -10,7 +10,8 @@ the CPU are a slow ATen fallback in the reference). Floors, s = element size:
   forward           bytes (N + K) D s + N K s               FLOPs 2 N K D
   forward+backward  bytes 4 (N + K) D s + 2 N K s           FLOPs 6 N K D
 (inputs read and outputs written once per pass; the scores/gradient once each way).
-extra_info also carries the measured TFLOP/s and, on a GPU, the peak memory.
+extra_info also carries the measured TFLOP/s and, on a GPU, the peak memory. Measured
+results: benchmarks/results/prototype_scores.md.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 GPU_SHAPES = [(2048, 128, 3000), (512, 256, 16384), (16384, 256, 16384)]
 CPU_SHAPES = GPU_SHAPES[:2]
 SHAPES = GPU_SHAPES if DEVICE.type == "cuda" else CPU_SHAPES
-DTYPES = [torch.float32, torch.bfloat16, torch.float16] if DEVICE.type == "cuda" else [torch.float32, torch.bfloat16]
+DTYPES = [torch.float32, torch.bfloat16]
+if DEVICE.type == "cuda":
+    DTYPES.append(torch.float16)
+# CPU threads (default: every core). On a shared machine SEER_BENCH_THREADS=1 gives
+# stable ratios: with cores oversubscribed, every fork/join waits for a descheduled thread.
+THREADS = int(os.environ.get("SEER_BENCH_THREADS", os.cpu_count() or 1))
 MODES = ["forward", "forward+backward"]
 # Interpreted Triton is a correctness tool, not something to time.
 BACKENDS = [b for b in _backend.available_backends(DEVICE) if b != "reference"]
@@ -69,7 +75,7 @@ def _floor(n: int, d: int, k: int, dtype: torch.dtype, mode: str) -> tuple[int, 
 def test_prototype_scores(benchmark, impl, shape, dtype, mode):
     if impl == "mm_prenormalized" and mode != "forward":
         pytest.skip("the bare-matmul baseline is forward only")
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(THREADS)
     n, d, k = shape
     gen = torch.Generator(device=DEVICE).manual_seed(0)
     e = torch.randn(n, d, device=DEVICE, dtype=dtype, generator=gen)
@@ -117,6 +123,7 @@ def test_prototype_scores(benchmark, impl, shape, dtype, mode):
             "mode": mode,
             "bytes": bytes_floor,
             "flops": flops,
+            "threads": torch.get_num_threads(),
         }
     )
     if DEVICE.type == "cuda":

@@ -38,8 +38,8 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
-#include <utility>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace seer_kernels::cpu {
@@ -157,7 +157,9 @@ void project(const acc_t* d, const acc_t* x, double rn, double c, acc_t* out, in
   }
 }
 
-int64_t row_grain(int64_t d) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(d, 1)); }
+int64_t row_grain(int64_t d) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(d, 1));
+}
 
 // x_hat = x * rn for one row. compute_rn: first rn = 1/max(||x||, eps) (forward); else the
 // saved rn (backward). buf: 2 d scratch values of the accumulation type.
@@ -178,8 +180,8 @@ void normalize_row(const scalar_t* x, int64_t d, acc_type<scalar_t>& rn, gemm_ty
 // d_y has the GEMM type, d_x the input type (may alias d_y when the types agree).
 // buf: 3 d scratch values of the accumulation type.
 template <typename scalar_t>
-void project_row(const gemm_type<scalar_t>* d_y, const scalar_t* x, acc_type<scalar_t> rn, int64_t d,
-                 scalar_t* d_x, acc_type<scalar_t>* buf) {
+void project_row(const gemm_type<scalar_t>* d_y, const scalar_t* x, acc_type<scalar_t> rn,
+                 int64_t d, scalar_t* d_x, acc_type<scalar_t>* buf) {
   using acc_t = acc_type<scalar_t>;
   const acc_t* xr = as_acc(x, d, buf);
   const acc_t* dr = as_acc(d_y, d, buf + d);
@@ -208,10 +210,14 @@ void for_rows_of_both(int64_t m_e, int64_t m_p, int64_t d, const F& row_fn) {
 }
 
 void check_operands(const Tensor& e, const Tensor& p) {
-  TORCH_CHECK(e.dim() == 2 && p.dim() == 2, "prototype_scores: embeddings (N, D) and prototypes (K, D) must be 2-D");
-  TORCH_CHECK(e.size(1) == p.size(1), "prototype_scores: embeddings and prototypes must have the same D");
-  TORCH_CHECK(e.scalar_type() == p.scalar_type(), "prototype_scores: embeddings and prototypes must have one dtype");
-  TORCH_CHECK(at::isFloatingType(e.scalar_type()), "prototype_scores: inputs must be floating point");
+  TORCH_CHECK(e.dim() == 2 && p.dim() == 2,
+              "prototype_scores: embeddings (N, D) and prototypes (K, D) must be 2-D");
+  TORCH_CHECK(e.size(1) == p.size(1),
+              "prototype_scores: embeddings and prototypes must have the same D");
+  TORCH_CHECK(e.scalar_type() == p.scalar_type(),
+              "prototype_scores: embeddings and prototypes must have one dtype");
+  TORCH_CHECK(at::isFloatingType(e.scalar_type()),
+              "prototype_scores: inputs must be floating point");
 }
 
 void check_rnorm(const Tensor& rn, const Tensor& x, const char* name) {
@@ -222,49 +228,53 @@ void check_rnorm(const Tensor& rn, const Tensor& x, const char* name) {
 }
 
 // Normalized copies of e and p in the GEMM dtype; fills rn_e, rn_p when compute_rn.
-std::pair<Tensor, Tensor> normalized(const Tensor& e, const Tensor& p, const Tensor& rn_e, const Tensor& rn_p,
-                                     bool compute_rn) {
+std::pair<Tensor, Tensor> normalized(const Tensor& e, const Tensor& p, const Tensor& rn_e,
+                                     const Tensor& rn_p, bool compute_rn) {
   const auto options = e.options().dtype(gemm_dtype(e.scalar_type()));
   Tensor e_hat = at::empty(e.sizes(), options);
   Tensor p_hat = at::empty(p.sizes(), options);
   const int64_t d = e.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.scalar_type(), "prototype_scores_normalize", [&] {
-    using acc_t = acc_type<scalar_t>;
-    using gemm_t = gemm_type<scalar_t>;
-    const scalar_t* x[2] = {e.const_data_ptr<scalar_t>(), p.const_data_ptr<scalar_t>()};
-    acc_t* rn[2] = {rn_e.data_ptr<acc_t>(), rn_p.data_ptr<acc_t>()};
-    gemm_t* x_hat[2] = {e_hat.mutable_data_ptr<gemm_t>(), p_hat.mutable_data_ptr<gemm_t>()};
-    for_rows_of_both<acc_t>(e.size(0), p.size(0), d, [&](int op, int64_t r, acc_t* buf) {
-      normalize_row<scalar_t>(x[op] + r * d, d, rn[op][r], x_hat[op] + r * d, compute_rn, buf);
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, e.scalar_type(), "prototype_scores_normalize", [&] {
+        using acc_t = acc_type<scalar_t>;
+        using gemm_t = gemm_type<scalar_t>;
+        const scalar_t* x[2] = {e.const_data_ptr<scalar_t>(), p.const_data_ptr<scalar_t>()};
+        acc_t* rn[2] = {rn_e.data_ptr<acc_t>(), rn_p.data_ptr<acc_t>()};
+        gemm_t* x_hat[2] = {e_hat.mutable_data_ptr<gemm_t>(), p_hat.mutable_data_ptr<gemm_t>()};
+        for_rows_of_both<acc_t>(e.size(0), p.size(0), d, [&](int op, int64_t r, acc_t* buf) {
+          normalize_row<scalar_t>(x[op] + r * d, d, rn[op][r], x_hat[op] + r * d, compute_rn, buf);
+        });
+      });
   return {e_hat, p_hat};
 }
 
 // Input-dtype gradients of e and p from d_e_hat, d_p_hat (GEMM dtype); in place when the
 // dtypes agree.
-std::pair<Tensor, Tensor> projected(const Tensor& d_e_hat, const Tensor& d_p_hat, const Tensor& e, const Tensor& p,
-                                    const Tensor& rn_e, const Tensor& rn_p) {
+std::pair<Tensor, Tensor> projected(const Tensor& d_e_hat, const Tensor& d_p_hat, const Tensor& e,
+                                    const Tensor& p, const Tensor& rn_e, const Tensor& rn_p) {
   const bool in_place = d_e_hat.scalar_type() == e.scalar_type();
   Tensor d_e = in_place ? d_e_hat : at::empty(e.sizes(), e.options());
   Tensor d_p = in_place ? d_p_hat : at::empty(p.sizes(), p.options());
   const int64_t d = e.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e.scalar_type(), "prototype_scores_project", [&] {
-    using acc_t = acc_type<scalar_t>;
-    using gemm_t = gemm_type<scalar_t>;
-    const gemm_t* d_hat[2] = {d_e_hat.const_data_ptr<gemm_t>(), d_p_hat.const_data_ptr<gemm_t>()};
-    const scalar_t* x[2] = {e.const_data_ptr<scalar_t>(), p.const_data_ptr<scalar_t>()};
-    const acc_t* rn[2] = {rn_e.const_data_ptr<acc_t>(), rn_p.const_data_ptr<acc_t>()};
-    scalar_t* d_x[2] = {d_e.mutable_data_ptr<scalar_t>(), d_p.mutable_data_ptr<scalar_t>()};
-    for_rows_of_both<acc_t>(e.size(0), p.size(0), d, [&](int op, int64_t r, acc_t* buf) {
-      project_row<scalar_t>(d_hat[op] + r * d, x[op] + r * d, rn[op][r], d, d_x[op] + r * d, buf);
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, e.scalar_type(), "prototype_scores_project", [&] {
+        using acc_t = acc_type<scalar_t>;
+        using gemm_t = gemm_type<scalar_t>;
+        const gemm_t* d_hat[2] = {d_e_hat.const_data_ptr<gemm_t>(),
+                                  d_p_hat.const_data_ptr<gemm_t>()};
+        const scalar_t* x[2] = {e.const_data_ptr<scalar_t>(), p.const_data_ptr<scalar_t>()};
+        const acc_t* rn[2] = {rn_e.const_data_ptr<acc_t>(), rn_p.const_data_ptr<acc_t>()};
+        scalar_t* d_x[2] = {d_e.mutable_data_ptr<scalar_t>(), d_p.mutable_data_ptr<scalar_t>()};
+        for_rows_of_both<acc_t>(e.size(0), p.size(0), d, [&](int op, int64_t r, acc_t* buf) {
+          project_row<scalar_t>(d_hat[op] + r * d, x[op] + r * d, rn[op][r], d, d_x[op] + r * d,
+                                buf);
+        });
+      });
   return {d_e, d_p};
 }
 
-std::tuple<Tensor, Tensor, Tensor> prototype_scores_cpu(const Tensor& embeddings, const Tensor& prototypes,
-                                                        bool normalize) {
+std::tuple<Tensor, Tensor, Tensor> prototype_scores_cpu(const Tensor& embeddings,
+                                                        const Tensor& prototypes, bool normalize) {
   check_operands(embeddings, prototypes);
   const Tensor e = embeddings.contiguous();
   const Tensor p = prototypes.contiguous();
@@ -284,12 +294,13 @@ std::tuple<Tensor, Tensor, Tensor> prototype_scores_cpu(const Tensor& embeddings
   return {at::mm(e_hat, p_hat.t()).to(dtype), rn_e, rn_p};
 }
 
-std::tuple<Tensor, Tensor> prototype_scores_backward_cpu(const Tensor& grad, const Tensor& embeddings,
-                                                         const Tensor& prototypes, const Tensor& embeddings_rnorm,
-                                                         const Tensor& prototypes_rnorm, bool normalize) {
+std::tuple<Tensor, Tensor> prototype_scores_backward_cpu(
+    const Tensor& grad, const Tensor& embeddings, const Tensor& prototypes,
+    const Tensor& embeddings_rnorm, const Tensor& prototypes_rnorm, bool normalize) {
   check_operands(embeddings, prototypes);
-  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == embeddings.size(0) && grad.size(1) == prototypes.size(0),
-              "prototype_scores_backward: grad must be (N, K)");
+  TORCH_CHECK(
+      grad.dim() == 2 && grad.size(0) == embeddings.size(0) && grad.size(1) == prototypes.size(0),
+      "prototype_scores_backward: grad must be (N, K)");
   const Tensor e = embeddings.contiguous();
   const Tensor p = prototypes.contiguous();
   const auto dtype = e.scalar_type();

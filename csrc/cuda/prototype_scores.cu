@@ -57,7 +57,8 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {
 // stored first (forward); otherwise the saved rn is read (backward).
 template <typename scalar_t, typename acc_t>
 __global__ void normalize_rows_kernel(const scalar_t* __restrict__ x, int64_t m, int64_t d,
-                                      acc_t* __restrict__ rn, scalar_t* __restrict__ x_hat, bool compute_rn) {
+                                      acc_t* __restrict__ rn, scalar_t* __restrict__ x_hat,
+                                      bool compute_rn) {
   const int lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   if (row >= m) {
@@ -87,7 +88,8 @@ __global__ void normalize_rows_kernel(const scalar_t* __restrict__ x, int64_t m,
 // d_x = rn (d_y - x <x, d_y> / ||x||^2) where ||x|| >= eps, rn d_y where clamped; one warp per row.
 template <typename scalar_t, typename acc_t>
 __global__ void project_rows_kernel(const acc_t* __restrict__ d_y, const scalar_t* __restrict__ x,
-                                    const acc_t* __restrict__ rn, int64_t m, int64_t d, scalar_t* __restrict__ d_x) {
+                                    const acc_t* __restrict__ rn, int64_t m, int64_t d,
+                                    scalar_t* __restrict__ d_x) {
   const int lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   if (row >= m) {
@@ -114,14 +116,21 @@ __global__ void project_rows_kernel(const acc_t* __restrict__ d_y, const scalar_
 
 at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-unsigned int row_blocks(int64_t m) { return static_cast<unsigned int>((m + kRowsPerBlock - 1) / kRowsPerBlock); }
+unsigned int row_blocks(int64_t m) {
+  return static_cast<unsigned int>((m + kRowsPerBlock - 1) / kRowsPerBlock);
+}
 
 void check_operands(const Tensor& e, const Tensor& p) {
-  TORCH_CHECK(e.dim() == 2 && p.dim() == 2, "prototype_scores: embeddings (N, D) and prototypes (K, D) must be 2-D");
-  TORCH_CHECK(e.size(1) == p.size(1), "prototype_scores: embeddings and prototypes must have the same D");
-  TORCH_CHECK(e.scalar_type() == p.scalar_type(), "prototype_scores: embeddings and prototypes must have one dtype");
-  TORCH_CHECK(e.is_cuda() && p.device() == e.device(), "prototype_scores: inputs must be on one CUDA device");
-  TORCH_CHECK(at::isFloatingType(e.scalar_type()), "prototype_scores: inputs must be floating point");
+  TORCH_CHECK(e.dim() == 2 && p.dim() == 2,
+              "prototype_scores: embeddings (N, D) and prototypes (K, D) must be 2-D");
+  TORCH_CHECK(e.size(1) == p.size(1),
+              "prototype_scores: embeddings and prototypes must have the same D");
+  TORCH_CHECK(e.scalar_type() == p.scalar_type(),
+              "prototype_scores: embeddings and prototypes must have one dtype");
+  TORCH_CHECK(e.is_cuda() && p.device() == e.device(),
+              "prototype_scores: inputs must be on one CUDA device");
+  TORCH_CHECK(at::isFloatingType(e.scalar_type()),
+              "prototype_scores: inputs must be floating point");
 }
 
 // Normalized copy of x (input dtype); fills rn when compute_rn, else reads it.
@@ -131,13 +140,15 @@ Tensor normalized(const Tensor& x, const Tensor& rn, bool compute_rn) {
     return x_hat;
   }
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "prototype_scores_normalize", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    normalize_rows_kernel<scalar_t, acc_t><<<row_blocks(x.size(0)), kWarp * kRowsPerBlock, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), rn.data_ptr<acc_t>(),
-        x_hat.mutable_data_ptr<scalar_t>(), compute_rn);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "prototype_scores_normalize", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        normalize_rows_kernel<scalar_t, acc_t>
+            <<<row_blocks(x.size(0)), kWarp * kRowsPerBlock, 0, stream>>>(
+                x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), rn.data_ptr<acc_t>(),
+                x_hat.mutable_data_ptr<scalar_t>(), compute_rn);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return x_hat;
 }
 
@@ -154,18 +165,20 @@ Tensor projected(const Tensor& d_y, const Tensor& x, const Tensor& rn) {
   }
   const Tensor d = d_y.contiguous();
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "prototype_scores_project", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    project_rows_kernel<scalar_t, acc_t><<<row_blocks(x.size(0)), kWarp * kRowsPerBlock, 0, stream>>>(
-        d.const_data_ptr<acc_t>(), x.const_data_ptr<scalar_t>(), rn.const_data_ptr<acc_t>(), x.size(0), x.size(1),
-        d_x.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "prototype_scores_project", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        project_rows_kernel<scalar_t, acc_t>
+            <<<row_blocks(x.size(0)), kWarp * kRowsPerBlock, 0, stream>>>(
+                d.const_data_ptr<acc_t>(), x.const_data_ptr<scalar_t>(), rn.const_data_ptr<acc_t>(),
+                x.size(0), x.size(1), d_x.mutable_data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return d_x;
 }
 
-std::tuple<Tensor, Tensor, Tensor> prototype_scores_cuda(const Tensor& embeddings, const Tensor& prototypes,
-                                                         bool normalize) {
+std::tuple<Tensor, Tensor, Tensor> prototype_scores_cuda(const Tensor& embeddings,
+                                                         const Tensor& prototypes, bool normalize) {
   check_operands(embeddings, prototypes);
   const c10::cuda::CUDAGuard guard(embeddings.device());
   const Tensor e = embeddings.contiguous();
@@ -183,12 +196,13 @@ std::tuple<Tensor, Tensor, Tensor> prototype_scores_cuda(const Tensor& embedding
   return {at::mm(e_hat, p_hat.t()), rn_e, rn_p};
 }
 
-std::tuple<Tensor, Tensor> prototype_scores_backward_cuda(const Tensor& grad, const Tensor& embeddings,
-                                                          const Tensor& prototypes, const Tensor& embeddings_rnorm,
-                                                          const Tensor& prototypes_rnorm, bool normalize) {
+std::tuple<Tensor, Tensor> prototype_scores_backward_cuda(
+    const Tensor& grad, const Tensor& embeddings, const Tensor& prototypes,
+    const Tensor& embeddings_rnorm, const Tensor& prototypes_rnorm, bool normalize) {
   check_operands(embeddings, prototypes);
-  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == embeddings.size(0) && grad.size(1) == prototypes.size(0),
-              "prototype_scores_backward: grad must be (N, K)");
+  TORCH_CHECK(
+      grad.dim() == 2 && grad.size(0) == embeddings.size(0) && grad.size(1) == prototypes.size(0),
+      "prototype_scores_backward: grad must be (N, K)");
   const c10::cuda::CUDAGuard guard(embeddings.device());
   const Tensor e = embeddings.contiguous();
   const Tensor p = prototypes.contiguous();
