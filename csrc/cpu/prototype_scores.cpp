@@ -32,11 +32,13 @@
 // normalize=false: plain product and plain GEMM gradients; the rnorms are ones.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>  // at::vec::convert (fp16/bf16 rows to fp32)
+#include <ATen/cpu/vec/vec.h>  // at::vec::convert (fp16 rows to fp32 and back)
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -60,13 +62,48 @@ at::ScalarType gemm_dtype(at::ScalarType t) { return t == at::kHalf ? at::kFloat
 template <typename acc_t>
 constexpr acc_t kEps = static_cast<acc_t>(1e-12);
 
+// The row loops below are compiled for x86-64-v4 (AVX-512), v3 (AVX2 + FMA) and the
+// baseline, and the loader picks one (GCC function multiversioning; one indirect call per
+// row and loop): the extension itself is built for the baseline ISA.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SEER_ROW_KERNEL \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SEER_ROW_KERNEL
+#endif
+
+// Element conversions. bf16 <-> fp32 as bit operations (round to nearest even, any NaN
+// to 0x7FC0, exactly c10::BFloat16's rounding) in loops GCC vectorizes; the generic
+// at::vec::convert does one scalar c10 conversion per element (measured 2x slower for
+// the bf16 normalization pass). Other pairs go through at::vec::convert.
+template <typename src_t, typename dst_t>
+SEER_ROW_KERNEL void convert_row(const src_t* src, dst_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<src_t, at::BFloat16> && std::is_same_v<dst_t, float>) {
+    const auto* bits = reinterpret_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t u = static_cast<uint32_t>(bits[i]) << 16;
+      std::memcpy(dst + i, &u, sizeof(u));
+    }
+  } else if constexpr (std::is_same_v<src_t, float> && std::is_same_v<dst_t, at::BFloat16>) {
+    auto* bits = reinterpret_cast<uint16_t*>(dst);
+    for (int64_t i = 0; i < n; ++i) {
+      uint32_t u;
+      std::memcpy(&u, src + i, sizeof(u));
+      const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+      bits[i] = (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
+    }
+  } else {
+    at::vec::convert(src, dst, n);
+  }
+}
+
 // The row as acc_t: the row itself when no conversion is needed, else converted into buf.
 template <typename src_t, typename acc_t>
 const acc_t* as_acc(const src_t* row, int64_t n, acc_t* buf) {
   if constexpr (std::is_same_v<src_t, acc_t>) {
     return row;
   } else {
-    at::vec::convert(row, buf, n);
+    convert_row(row, buf, n);
     return buf;
   }
 }
@@ -85,19 +122,19 @@ acc_t* out_or_buf(out_t* row, acc_t* buf) {
 template <typename out_t, typename acc_t>
 void store_row(const acc_t* computed, out_t* row, int64_t n) {
   if constexpr (!std::is_same_v<out_t, acc_t>) {
-    at::vec::convert(computed, row, n);
+    convert_row(computed, row, n);
   }
 }
 
 // Row loops are plain loops over kLanes independent partial sums, which GCC vectorizes
-// at -O3 for the build's baseline ISA. ATen's Vectorized<float> would compile here to its
-// generic array fallback (the extension is built without CPU_CAPABILITY flags): measured
-// ~3x slower than these loops for the (16384, 256) normalization pass.
+// (for each ISA of SEER_ROW_KERNEL above). ATen's Vectorized<float> would compile here to
+// its generic array fallback (the extension is built without CPU_CAPABILITY flags):
+// measured ~3x slower than these loops for the (16384, 256) normalization pass.
 constexpr int kLanes = 16;
 
 // <x, x> in the accumulation type.
 template <typename acc_t>
-acc_t sum_squares(const acc_t* x, int64_t n) {
+SEER_ROW_KERNEL acc_t sum_squares(const acc_t* x, int64_t n) {
   acc_t part[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -117,7 +154,7 @@ acc_t sum_squares(const acc_t* x, int64_t n) {
 
 // out[i] = x[i] * s.
 template <typename acc_t>
-void scale(const acc_t* x, acc_t s, acc_t* out, int64_t n) {
+SEER_ROW_KERNEL void scale(const acc_t* x, acc_t s, acc_t* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     out[i] = x[i] * s;
   }
@@ -127,7 +164,8 @@ void scale(const acc_t* x, acc_t s, acc_t* out, int64_t n) {
 // values are exact in fp64, so the projection below cancels exactly where d is parallel
 // to x (D = 1: the true gradient is 0; fp32 row scalars leave a few ulp of |d| rn).
 template <typename acc_t>
-std::pair<double, double> sumsq_and_dot_f64(const acc_t* x, const acc_t* d, int64_t n) {
+SEER_ROW_KERNEL std::pair<double, double> sumsq_and_dot_f64(const acc_t* x, const acc_t* d,
+                                                            int64_t n) {
   double ss[kLanes] = {}, dot[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -151,7 +189,8 @@ std::pair<double, double> sumsq_and_dot_f64(const acc_t* x, const acc_t* d, int6
 
 // out[i] = rn (d[i] - x[i] c), evaluated in fp64 and rounded once.
 template <typename acc_t>
-void project(const acc_t* d, const acc_t* x, double rn, double c, acc_t* out, int64_t n) {
+SEER_ROW_KERNEL void project(const acc_t* d, const acc_t* x, double rn, double c, acc_t* out,
+                             int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     out[i] = static_cast<acc_t>(rn * (static_cast<double>(d[i]) - static_cast<double>(x[i]) * c));
   }
@@ -193,20 +232,56 @@ void project_row(const gemm_type<scalar_t>* d_y, const scalar_t* x, acc_type<sca
   store_row(out, d_x, d);
 }
 
-// row_fn(operand, row, buf) for every row of both operands (0: embeddings, 1: prototypes)
-// in ONE parallel region: one fork/join per pass, not two.
-template <typename acc_t, typename F>
-void for_rows_of_both(int64_t m_e, int64_t m_p, int64_t d, const F& row_fn) {
-  at::parallel_for(0, m_e + m_p, row_grain(d), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(3 * d);
-    for (int64_t r = begin; r < end; ++r) {
-      if (r < m_e) {
-        row_fn(0, r, buf.data());
-      } else {
-        row_fn(1, r - m_e, buf.data());
-      }
-    }
-  });
+// Both operands of a row pass as raw pointers (index 0: embeddings, 1: prototypes), so
+// that one parallel region (one fork/join) covers both.
+template <typename scalar_t>
+struct RowPass {
+  int64_t rows[2] = {0, 0};
+  int64_t d = 0;
+  const scalar_t* x[2] = {nullptr, nullptr};
+  acc_type<scalar_t>* rn[2] = {nullptr, nullptr};  // written when compute_rn, else read
+  bool compute_rn = false;
+  gemm_type<scalar_t>* x_hat[2] = {nullptr, nullptr};        // normalize: output
+  const gemm_type<scalar_t>* d_hat[2] = {nullptr, nullptr};  // project: input
+  scalar_t* d_x[2] = {nullptr, nullptr};                     // project: output
+};
+
+template <typename scalar_t>
+void normalize_chunk(const RowPass<scalar_t>& pass, int64_t begin, int64_t end) {
+  const int64_t d = pass.d;
+  std::vector<acc_type<scalar_t>> buf(2 * d);
+  for (int64_t i = begin; i < end; ++i) {
+    const int op = i < pass.rows[0] ? 0 : 1;
+    const int64_t r = i - op * pass.rows[0];
+    normalize_row<scalar_t>(pass.x[op] + r * d, d, pass.rn[op][r], pass.x_hat[op] + r * d,
+                            pass.compute_rn, buf.data());
+  }
+}
+
+template <typename scalar_t>
+void project_chunk(const RowPass<scalar_t>& pass, int64_t begin, int64_t end) {
+  const int64_t d = pass.d;
+  std::vector<acc_type<scalar_t>> buf(3 * d);
+  for (int64_t i = begin; i < end; ++i) {
+    const int op = i < pass.rows[0] ? 0 : 1;
+    const int64_t r = i - op * pass.rows[0];
+    project_row<scalar_t>(pass.d_hat[op] + r * d, pass.x[op] + r * d, pass.rn[op][r], d,
+                          pass.d_x[op] + r * d, buf.data());
+  }
+}
+
+template <typename scalar_t>
+RowPass<scalar_t> row_pass(const Tensor& e, const Tensor& p, const Tensor& rn_e,
+                           const Tensor& rn_p) {
+  RowPass<scalar_t> pass;
+  pass.rows[0] = e.size(0);
+  pass.rows[1] = p.size(0);
+  pass.d = e.size(1);
+  pass.x[0] = e.const_data_ptr<scalar_t>();
+  pass.x[1] = p.const_data_ptr<scalar_t>();
+  pass.rn[0] = rn_e.data_ptr<acc_type<scalar_t>>();
+  pass.rn[1] = rn_p.data_ptr<acc_type<scalar_t>>();
+  return pass;
 }
 
 void check_operands(const Tensor& e, const Tensor& p) {
@@ -233,17 +308,15 @@ std::pair<Tensor, Tensor> normalized(const Tensor& e, const Tensor& p, const Ten
   const auto options = e.options().dtype(gemm_dtype(e.scalar_type()));
   Tensor e_hat = at::empty(e.sizes(), options);
   Tensor p_hat = at::empty(p.sizes(), options);
-  const int64_t d = e.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, e.scalar_type(), "prototype_scores_normalize", [&] {
-        using acc_t = acc_type<scalar_t>;
         using gemm_t = gemm_type<scalar_t>;
-        const scalar_t* x[2] = {e.const_data_ptr<scalar_t>(), p.const_data_ptr<scalar_t>()};
-        acc_t* rn[2] = {rn_e.data_ptr<acc_t>(), rn_p.data_ptr<acc_t>()};
-        gemm_t* x_hat[2] = {e_hat.mutable_data_ptr<gemm_t>(), p_hat.mutable_data_ptr<gemm_t>()};
-        for_rows_of_both<acc_t>(e.size(0), p.size(0), d, [&](int op, int64_t r, acc_t* buf) {
-          normalize_row<scalar_t>(x[op] + r * d, d, rn[op][r], x_hat[op] + r * d, compute_rn, buf);
-        });
+        auto pass = row_pass<scalar_t>(e, p, rn_e, rn_p);
+        pass.compute_rn = compute_rn;
+        pass.x_hat[0] = e_hat.mutable_data_ptr<gemm_t>();
+        pass.x_hat[1] = p_hat.mutable_data_ptr<gemm_t>();
+        at::parallel_for(0, pass.rows[0] + pass.rows[1], row_grain(pass.d),
+                         [&](int64_t begin, int64_t end) { normalize_chunk(pass, begin, end); });
       });
   return {e_hat, p_hat};
 }
@@ -255,20 +328,16 @@ std::pair<Tensor, Tensor> projected(const Tensor& d_e_hat, const Tensor& d_p_hat
   const bool in_place = d_e_hat.scalar_type() == e.scalar_type();
   Tensor d_e = in_place ? d_e_hat : at::empty(e.sizes(), e.options());
   Tensor d_p = in_place ? d_p_hat : at::empty(p.sizes(), p.options());
-  const int64_t d = e.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, e.scalar_type(), "prototype_scores_project", [&] {
-        using acc_t = acc_type<scalar_t>;
         using gemm_t = gemm_type<scalar_t>;
-        const gemm_t* d_hat[2] = {d_e_hat.const_data_ptr<gemm_t>(),
-                                  d_p_hat.const_data_ptr<gemm_t>()};
-        const scalar_t* x[2] = {e.const_data_ptr<scalar_t>(), p.const_data_ptr<scalar_t>()};
-        const acc_t* rn[2] = {rn_e.const_data_ptr<acc_t>(), rn_p.const_data_ptr<acc_t>()};
-        scalar_t* d_x[2] = {d_e.mutable_data_ptr<scalar_t>(), d_p.mutable_data_ptr<scalar_t>()};
-        for_rows_of_both<acc_t>(e.size(0), p.size(0), d, [&](int op, int64_t r, acc_t* buf) {
-          project_row<scalar_t>(d_hat[op] + r * d, x[op] + r * d, rn[op][r], d, d_x[op] + r * d,
-                                buf);
-        });
+        auto pass = row_pass<scalar_t>(e, p, rn_e, rn_p);
+        pass.d_hat[0] = d_e_hat.const_data_ptr<gemm_t>();
+        pass.d_hat[1] = d_p_hat.const_data_ptr<gemm_t>();
+        pass.d_x[0] = d_e.mutable_data_ptr<scalar_t>();
+        pass.d_x[1] = d_p.mutable_data_ptr<scalar_t>();
+        at::parallel_for(0, pass.rows[0] + pass.rows[1], row_grain(pass.d),
+                         [&](int64_t begin, int64_t end) { project_chunk(pass, begin, end); });
       });
   return {d_e, d_p};
 }
