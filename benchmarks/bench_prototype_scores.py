@@ -137,3 +137,48 @@ def test_prototype_scores(benchmark, impl, shape, dtype, mode):
     benchmark.extra_info["GBps_floor"] = bytes_floor / median / 1e9
     if DEVICE.type == "cuda":
         benchmark.extra_info["peak_memory_bytes"] = torch.cuda.max_memory_allocated(DEVICE)
+
+
+# ------------------------------------------------- interleaved CPU-time comparison
+# On a shared machine wall-clock rounds drift with the load. `python
+# benchmarks/bench_prototype_scores.py [threads] [rounds]` alternates the implementations
+# round by round and, with one thread, times thread CPU time (immune to descheduling).
+
+
+def _call(fn, e: torch.Tensor, p: torch.Tensor, grad: torch.Tensor, mode: str) -> None:
+    if mode == "forward":
+        with torch.no_grad():
+            fn(e, p)
+    else:
+        fn(e.detach().requires_grad_(), p.detach().requires_grad_()).backward(grad)
+    _sync()
+
+
+def _interleaved(threads: int, rounds: int) -> None:
+    import time
+
+    torch.set_num_threads(threads)
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    impls = [*BACKENDS, "reference", "reference_compiled"]
+    for (n, d, k), dtype, mode in ((s, t, m) for s in SHAPES for t in DTYPES for m in MODES):
+        gen = torch.Generator(device=DEVICE).manual_seed(0)
+        e, p = (torch.randn(r, d, device=DEVICE, dtype=dtype, generator=gen) for r in (n, k))
+        grad = torch.randn(n, k, device=DEVICE, dtype=dtype, generator=gen)
+        times = {name: [] for name in impls}
+        for name in impls * 2:  # warm-up (and compile)
+            _call(_impl(name), e, p, grad, mode)
+        for _ in range(rounds):
+            for name in impls:
+                start = clock()
+                _call(_impl(name), e, p, grad, mode)
+                times[name].append(clock() - start)
+        best = {name: min(ts) * 1e3 for name, ts in times.items()}
+        ratios = " ".join(f"{b}: eager/{b} {best['reference'] / best[b]:.2f}" for b in BACKENDS)
+        cells = " ".join(f"{name}={ms:.1f}ms" for name, ms in best.items())
+        print(f"{mode:16s} N={n} D={d} K={k} {str(dtype)[6:]:8s} {cells} | {ratios}", flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _interleaved(int(sys.argv[1]) if len(sys.argv) > 1 else 1, int(sys.argv[2]) if len(sys.argv) > 2 else 12)
