@@ -229,7 +229,9 @@ if triton is not None:
         for r0 in range(split * R_SPLIT, r_end, BLOCK_R):
             rs = r0 + tl.arange(0, BLOCK_R)
             r_ok = rs < r_end
-            g = tl.load(g_rows + rs[None, :] * s_gr, mask=row_ok[:, None] & r_ok[None, :], other=0.0)
+            # int64: the transposed view of G walks N K elements with stride K.
+            g_offs = rs[None, :].to(tl.int64) * s_gr
+            g = tl.load(g_rows + g_offs, mask=row_ok[:, None] & r_ok[None, :], other=0.0)
             y_mask = r_ok[:, None] & col_ok[None, :]
             y = tl.load(y_ptr + rs[:, None] * s_yr + cols[None, :] * s_yd, mask=y_mask, other=0.0)
             if NORMALIZE:
