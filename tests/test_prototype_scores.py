@@ -159,6 +159,8 @@ def _assert_matches_oracle(
 RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 
+# fp16 zero-row gradients overflow to inf by design (see the docstring); numpy warns.
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, *HALF])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_and_extreme_rows(backend, dtype):
