@@ -17,8 +17,8 @@ TORCH_LIBRARY(seer_kernels, m) {
   m.def(
       "sinkhorn_codes(Tensor scores, Tensor log_u, float epsilon, bool normalize_rows) -> Tensor");
 
-  // Cosine prototype scores: (N, D) x (K, D) -> (N, K), plus the fp32 inverse row
-  // norms of both operands (ones when normalize is false), saved for backward.
+  // Cosine prototype scores: (N, D) x (K, D) -> (N, K), plus the fp32 (fp64 for fp64 input) inverse
+  // row norms of both operands (ones when normalize is false), saved for backward.
   m.def(
       "prototype_scores(Tensor embeddings, Tensor prototypes, bool normalize) -> (Tensor, Tensor, "
       "Tensor)");
