@@ -35,8 +35,11 @@ def combine_colstats(stats: torch.Tensor, group) -> torch.Tensor:
     if group is None:
         return stats[0] + torch.log(stats[1])
     world = dist.get_world_size(group)
-    gathered = torch.empty((world, *stats.shape), dtype=stats.dtype, device=stats.device)
-    dist.all_gather_into_tensor(gathered, stats.contiguous(), group=group)
+    # Gather into a flat (world * 2, K) buffer: gloo accepts only the concatenated layout
+    # (NCCL also takes a stacked (world, 2, K) one).
+    flat = torch.empty((world * stats.shape[0], *stats.shape[1:]), dtype=stats.dtype, device=stats.device)
+    dist.all_gather_into_tensor(flat, stats.contiguous(), group=group)
+    gathered = flat.view(world, *stats.shape)
     m = gathered[:, 0].amax(dim=0)
     m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     s = (gathered[:, 1] * torch.exp(gathered[:, 0] - m_safe)).sum(dim=0)

@@ -5,7 +5,7 @@
 //   pass 0      log_u = -logsumexp_b L[:, k] - log K
 //   pass t      log_u += log(B/K) - logsumexp_b log_softmax_k(L + log_u)[:, k]   (t < T)
 //   last pass   codes = softmax_k(L + log_u)
-//   T = 0       codes = exp(L - logsumexp(L) + log B)
+//   T = 0       codes = B * exp(L - logsumexp(L))
 //
 // Bytes moved, (B, K) scores of s bytes each (4 fp32, 2 bf16/fp16), T iterations:
 //   pass 0 and each pass t       B*K*s read (the column statistics: 2*K floats per chunk)
@@ -137,14 +137,14 @@ at::Tensor colstats_padded(const Operand& op, bool normalize_rows, const Kernels
   return merged;
 }
 
-at::Tensor codes(const Operand& op, bool normalize_rows, const Kernels& k) {
+at::Tensor codes(const Operand& op, bool normalize_rows, const Kernels& k, float scale = 1.f) {
   const Problem& p = op.problem;
   at::Tensor out = at::empty({op.rows(), op.cols()}, at::TensorOptions().dtype(at::kFloat));
   float* dst = out.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(p.padded, 1));
   at::parallel_for(0, op.rows(), grain, [&](int64_t r0, int64_t r1) {
     std::vector<float> buffer(p.padded);
-    k.codes_rows(p, r0, r1 - r0, normalize_rows, buffer.data(), dst);
+    k.codes_rows(p, r0, r1 - r0, normalize_rows, scale, buffer.data(), dst);
   });
   return out;
 }
@@ -194,7 +194,9 @@ at::Tensor sinkhorn_cpu(const at::Tensor& scores, double epsilon, int64_t iterat
   at::Tensor stats = colstats_padded(op, /*normalize_rows=*/false, k);
   const float* st = stats.data_ptr<float>();
   if (iterations == 0) {
-    // codes = exp(L - total + log B), total = logsumexp of the column logsumexps.
+    // codes = B * exp(L - total), total = logsumexp of the column logsumexps (in fp64).
+    // Scaling by B after the exp (not adding log B inside it) keeps the exponent's
+    // rounding that of L - total alone, as in the reference.
     float total_max = -std::numeric_limits<float>::infinity();
     for (int64_t c = 0; c < cols; ++c) {
       const float v = column_lse(st, padded, c);
@@ -205,8 +207,8 @@ at::Tensor sinkhorn_cpu(const at::Tensor& scores, double epsilon, int64_t iterat
     double acc = 0.0;
     for (int64_t c = 0; c < cols; ++c) acc += std::exp(double(column_lse(st, padded, c)) - safe);
     const double total = safe + std::log(acc);
-    std::fill(op.log_u.begin(), op.log_u.begin() + cols, float(double(log_b) - total));
-    return codes(op, /*normalize_rows=*/false, k);
+    std::fill(op.log_u.begin(), op.log_u.begin() + cols, float(-total));
+    return codes(op, /*normalize_rows=*/false, k, float(op.rows()));
   }
   for (int64_t c = 0; c < cols; ++c) op.log_u[c] = -column_lse(st, padded, c) - log_k;
   for (int64_t t = 1; t < iterations; ++t) {

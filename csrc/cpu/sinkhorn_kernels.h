@@ -41,10 +41,10 @@ struct Kernels {
   // not finite), sum = sum of the chunk sums rescaled to it.
   void (*merge_stats)(const float* stats, int64_t chunks, int64_t padded, int64_t col0, int64_t col1,
                       float* out);
-  // codes[b, :] = softmax_k(x[b, :]) (normalize_rows) or exp(x[b, :]) for rows
+  // codes[b, :] = softmax_k(x[b, :]) (normalize_rows) or scale * exp(x[b, :]) for rows
   // [row0, row0 + rows); out is (B, K) fp32 row-major. buffer: Kp floats of scratch.
-  void (*codes_rows)(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows, float* buffer,
-                     float* out);
+  void (*codes_rows)(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows, float scale,
+                     float* buffer, float* out);
 };
 
 // Rows per register block of the column accumulation (scratch of colstats_rows).

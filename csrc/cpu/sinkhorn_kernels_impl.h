@@ -200,15 +200,15 @@ void colstats_rows_typed(const Problem& p, int64_t row0, int64_t rows, bool norm
 }
 
 template <typename T>
-void codes_rows_typed(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows, float* buf,
-                      float* out) {
+void codes_rows_typed(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows, float plain_scale,
+                      float* buf, float* out) {
   const T* base = static_cast<const T*>(p.scores) + row0 * p.cols;
   const int64_t full = p.cols / kWidth * kWidth;
   const int64_t tail = p.cols - full;
   for (int64_t r = 0; r < rows; ++r) {
     float* dst = out + (row0 + r) * p.cols;
     const float m = load_row(p, base + r * p.cols, buf);
-    float scale = 1.f;
+    float scale = plain_scale;
     if (normalize_rows) {
       scale = 1.f / exp_row(buf, p.padded, m);
     } else {
@@ -260,9 +260,11 @@ void colstats_rows(const Problem& p, int64_t row0, int64_t rows, bool normalize_
   });
 }
 
-void codes_rows(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows, float* buf, float* out) {
-  dispatch_type(p.type,
-                [&](auto tag) { codes_rows_typed<decltype(tag)>(p, row0, rows, normalize_rows, buf, out); });
+void codes_rows(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows, float scale, float* buf,
+                float* out) {
+  dispatch_type(p.type, [&](auto tag) {
+    codes_rows_typed<decltype(tag)>(p, row0, rows, normalize_rows, scale, buf, out);
+  });
 }
 
 }  // namespace
