@@ -21,6 +21,7 @@ enum class InputType : int { kFloat = 0, kHalf = 1, kBFloat16 = 2 };
 struct Problem {
   const void* scores;  // (B, K) row-major, `type`
   InputType type;
+  int64_t rows;    // B
   int64_t cols;    // K
   int64_t padded;  // Kp: K rounded up to a multiple of the vector width
   float epsilon;
