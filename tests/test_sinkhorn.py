@@ -31,6 +31,21 @@ from tests.tolerance import assert_close_rule
 
 SK = sys.modules["seer_kernels.sinkhorn"]  # the module (the package exports the function)
 BACKENDS = [b for b in _backend.available_backends("cpu") if b != "reference"]
+GPU_BACKENDS = (
+    [b for b in _backend.available_backends("cuda") if b != "reference"] if torch.cuda.is_available() else []
+)
+
+
+def _targets(with_reference: bool = False) -> list:
+    """(backend, device) pairs: every fused backend usable on the CPU here, and on a GPU
+    (marked gpu: benchmarks/gpu_check.sh runs those) when one is present."""
+    cpu = (["reference"] if with_reference else []) + BACKENDS
+    out = [pytest.param(b, "cpu", id=f"{b}-cpu") for b in cpu]
+    return out + [pytest.param(b, "cuda", id=f"{b}-cuda", marks=pytest.mark.gpu) for b in GPU_BACKENDS]
+
+
+TARGETS = _targets()
+ALL_TARGETS = _targets(with_reference=True)
 needs_cpu = pytest.mark.skipif("cpu" not in BACKENDS, reason="seer_kernels._C not built")
 needs_triton = pytest.mark.skipif("triton" not in BACKENDS, reason="Triton backend unavailable")
 FLOOR = 2e-6
@@ -173,19 +188,78 @@ def test_triton_wide_row_path(b, k, iters):
     _check(out, s, 0.02, iters, f"triton wide {b}x{k} T={iters}")
 
 
+# ---------------------------------------------------------------------- grid: GPU
+
+GPU_GRID = [
+    (1, 3000, 3, 0.05, torch.float32),
+    (7, 3, 10, 0.01, torch.float16),
+    (64, 16384, 10, 0.03, torch.float32),
+    (1023, 3000, 3, 0.03, torch.bfloat16),
+    (4096, 3000, 3, 0.05, torch.float32),
+    (4096, 3, 0, 0.01, torch.float16),
+    (1023, 16384, 1, 0.01, torch.float32),
+    (7, 16384, 0, 0.05, torch.bfloat16),
+    (4096, 1, 3, 0.5, torch.float32),
+    (64, 257, 10, 0.5, torch.float16),
+    (16384, 3000, 3, 0.05, torch.bfloat16),
+]
+
+
+def _needs_gpu_backend(backend: str) -> None:
+    if backend not in GPU_BACKENDS:
+        pytest.skip(f"backend {backend!r} is not available on this GPU")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize(("b", "k", "iters", "eps", "dtype"), GPU_GRID)
+def test_gpu_grid(backend, b, k, iters, eps, dtype):
+    _needs_gpu_backend(backend)
+    s = _scores(b, k, dtype, seed=b + k)
+    codes = sk.sinkhorn(s.cuda(), eps, iters, backend=backend).cpu()
+    _check(codes, s, eps, iters, f"{backend} {b}x{k} T={iters} eps={eps} {dtype}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("iters", [0, 3])
+def test_gpu_triton_wide_row_path(iters):
+    """Rows wider than the register tile (forced: 1024 columns) on the GPU."""
+    _needs_gpu_backend("triton")
+    s = _scores(300, 3000, seed=5)
+    with torch.no_grad():
+        out = SK._triton_pipeline(s.cuda(), 0.03, iters, 1024).cpu()
+    _check(out, s, 0.03, iters, f"triton wide T={iters}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_no_host_sync(backend):
+    """The fused op only launches kernels: no host synchronization anywhere in it."""
+    _needs_gpu_backend(backend)
+    s = _scores(512, 300, seed=1).cuda()
+    sk.sinkhorn(s, 0.05, 3, backend=backend)  # compile / load outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sk.sinkhorn(s, 0.05, 3, backend=backend)
+        sk.sinkhorn(s, 0.05, 0, backend=backend)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 # ------------------------------------------------- building blocks (distributed path)
 
 
 def _blocks(backend: str):
-    if backend == "cpu":
-        return torch.ops.seer_kernels.sinkhorn_colstats, torch.ops.seer_kernels.sinkhorn_codes
-    return SK._triton_colstats, SK._triton_codes
+    if backend == "triton":
+        return SK._triton_colstats, SK._triton_codes
+    return torch.ops.seer_kernels.sinkhorn_colstats, torch.ops.seer_kernels.sinkhorn_codes
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "device"), TARGETS)
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize(("b", "k"), [(1, 1), (9, 17), (70, 33)])
-def test_building_blocks_match_float64(backend, normalize, b, k):
+def test_building_blocks_match_float64(backend, device, normalize, b, k):
     """colstats: shift + log(sum) is the column logsumexp of x; codes: softmax/exp of x,
     x = scores / eps + log_u (minus the row logsumexp when normalize)."""
     colstats, codes = _blocks(backend)
@@ -194,11 +268,11 @@ def test_building_blocks_match_float64(backend, normalize, b, k):
     x = s.double() / 0.05 + log_u
     if normalize:
         x = torch.log_softmax(x, dim=1)
-    stats = colstats(s, log_u.float(), 0.05, normalize)
+    stats = colstats(s.to(device), log_u.float().to(device), 0.05, normalize).cpu()
     assert stats.shape == (2, k) and stats.dtype == torch.float32
     lse = stats[0].double() + stats[1].double().log()
     torch.testing.assert_close(lse, torch.logsumexp(x, dim=0), rtol=1e-5, atol=1e-5)
-    out = codes(s, log_u.float(), 0.05, normalize)
+    out = codes(s.to(device), log_u.float().to(device), 0.05, normalize).cpu()
     torch.testing.assert_close(out.double(), x.exp(), rtol=2e-5, atol=1e-6)
 
 
@@ -222,14 +296,14 @@ def _adversarial() -> dict[str, tuple[torch.Tensor, float]]:
     }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "device"), TARGETS)
 @pytest.mark.parametrize("case", list(_adversarial()))
-def test_adversarial_inputs(backend, case):
+def test_adversarial_inputs(backend, device, case):
     """Where plain SwAV code overflows or underflows, every backend stays finite, its rows
     sum to 1, and it matches float64."""
     s, eps = _adversarial()[case]
     for iters in (1, 3):
-        codes = sk.sinkhorn(s, eps, iters, backend=backend)
+        codes = sk.sinkhorn(s.to(device), eps, iters, backend=backend).cpu()
         _rows_sum_to_one(codes, f"{backend} {case} T={iters}")
         _check(codes, s, eps, iters, f"{backend} {case} T={iters}")
 
@@ -244,39 +318,37 @@ def test_baseline_breaks_where_the_fused_op_does_not():
 
 # ------------------------------------------------------------------ NaN/Inf policy
 
-ALL = ["reference", *BACKENDS]
 
-
-@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize(("backend", "device"), ALL_TARGETS)
 @pytest.mark.parametrize("iters", [0, 1, 3])
-def test_nan_propagates(backend, iters):
+def test_nan_propagates(backend, device, iters):
     """A NaN score poisons its column statistic, so every code is NaN (never a finite
     wrong answer), the same on every backend."""
     s = _scores(9, 20, seed=2)
     s[4, 5] = float("nan")
-    codes = sk.sinkhorn(s, 0.05, iters, backend=backend)
+    codes = sk.sinkhorn(s.to(device), 0.05, iters, backend=backend)
     assert torch.isnan(codes).all()
 
 
-@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize(("backend", "device"), ALL_TARGETS)
 @pytest.mark.parametrize("iters", [0, 1, 3])
-def test_inf_gives_nan(backend, iters):
+def test_inf_gives_nan(backend, device, iters):
     """+inf makes inf - inf appear: NaN where the reference has NaN, never all finite."""
     s = _scores(9, 20, seed=2)
     s[4, 5] = float("inf")
-    codes = sk.sinkhorn(s, 0.05, iters, backend=backend)
+    codes = sk.sinkhorn(s.to(device), 0.05, iters, backend=backend).cpu()
     expected = reference.sinkhorn(s, 0.05, iters)
     assert torch.isnan(codes).any()
     assert torch.equal(torch.isnan(codes), torch.isnan(expected))
 
 
-@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize(("backend", "device"), ALL_TARGETS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_check_finite_raises(backend, bad):
+def test_check_finite_raises(backend, device, bad):
     s = _scores(9, 20, seed=2)
     s[1, 2] = bad
     with pytest.raises(ValueError, match="scores contains 1 non-finite"):
-        sk.sinkhorn(s, 0.05, 3, backend=backend, check_finite=True)
+        sk.sinkhorn(s.to(device), 0.05, 3, backend=backend, check_finite=True)
 
 
 # ---------------------------------------------------------------------- distributed
@@ -389,9 +461,9 @@ def test_opcheck_triton_ops():
 # -------------------------------------------------------- layout, gradients, errors
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_non_contiguous_input(backend):
-    s = _scores(30, 21, seed=8)
+@pytest.mark.parametrize(("backend", "device"), TARGETS)
+def test_non_contiguous_input(backend, device):
+    s = _scores(30, 21, seed=8).to(device)
     strided = s.t().contiguous().t()
     assert not strided.is_contiguous()
     torch.testing.assert_close(
@@ -399,11 +471,11 @@ def test_non_contiguous_input(backend):
     )
 
 
-@pytest.mark.parametrize("backend", ALL)
-def test_codes_carry_no_gradient(backend):
+@pytest.mark.parametrize(("backend", "device"), ALL_TARGETS)
+def test_codes_carry_no_gradient(backend, device):
     """SwAV computes codes under no_grad; the op detaches its input, so the codes are
     leaves without grad_fn and backward through them is an error, by design."""
-    s = _scores(8, 5, seed=1).requires_grad_()
+    s = _scores(8, 5, seed=1).to(device).requires_grad_()
     codes = sk.sinkhorn(s, 0.05, 3, backend=backend)
     assert not codes.requires_grad and codes.grad_fn is None
     with pytest.raises(RuntimeError, match="does not require grad"):
@@ -432,12 +504,12 @@ def test_bad_input(kwargs, error, match):
         sk.sinkhorn(**args)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_float64_needs_the_reference(backend):
+@pytest.mark.parametrize(("backend", "device"), TARGETS)
+def test_float64_needs_the_reference(backend, device):
     with pytest.raises(
         TypeError, match=f"scores must be float32, float16 or bfloat16 for backend '{backend}'"
     ):
-        sk.sinkhorn(torch.zeros(4, 3, dtype=torch.float64), backend=backend)
+        sk.sinkhorn(torch.zeros(4, 3, dtype=torch.float64, device=device), backend=backend)
 
 
 @needs_cpu
