@@ -9,13 +9,20 @@ with L = scores / eps and a per-prototype log scaling log_u (K,),
   pass 0      log_u = -logsumexp_b L[:, k] - log K          (SwAV's first prototype step)
   pass t      log_u += log(B/K) - logsumexp_b log_softmax_k(L + log_u)[:, k]
   last pass   codes = softmax_k(L + log_u)                   (the final sample step)
-so `iterations` = T costs T + 1 reads of the scores and one write of the codes. The
-column logsumexps use a per-column running max, so nothing over- or underflows for any
-finite input and any eps > 0. Codes carry no gradient: the op is not differentiable and
-the public function detaches its input (SwAV computes codes under no_grad).
+and `iterations` = 0 gives codes = B * exp(L - logsumexp(L)) (SwAV's total
+normalization only). So T iterations cost T + 1 reads of the scores and one write of the
+codes. Column statistics are (shift, sum exp(x - shift)) pairs: pass 0 shifts by a
+per-column running max (0 where it is not finite), so nothing over- or underflows for
+any finite input and any eps > 0; passes t >= 1 sum row-softmax entries, which lie in
+[0, 1], with shift 0 (each column's sum is provably >= 1/K there, so nothing that
+matters underflows; see csrc/cpu/sinkhorn.cpp). Codes carry no gradient: the op is not
+differentiable and the public function detaches its input (SwAV computes codes under
+no_grad), so backward through codes raises "does not require grad".
 
-Non-finite input: NaN/Inf propagate into the codes (never a finite wrong answer);
-`check_finite=True` raises a ValueError instead (one device sync).
+Non-finite input, the same on every backend: a NaN score makes every code NaN; +inf
+gives NaN where inf - inf appears (never a finite wrong answer); `check_finite=True`
+raises a ValueError instead (one device sync). Fused backends take fp32/bf16/fp16 and
+return fp32; float64 runs on backend="reference" only.
 """
 
 from __future__ import annotations
