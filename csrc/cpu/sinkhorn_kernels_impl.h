@@ -83,13 +83,49 @@ inline Vec load_tail(const T* p, int64_t n, float fill) {
   return Vec::loadu(tmp);
 }
 
+// x / eps, rounded as the reference's division: L = x / eps must round exactly (at eps
+// 0.01 an ulp of L is 8e-6). With FMA the divider (a fifth of a pass's time in a
+// profile) is avoided: q = x * (1/eps) is corrected once with the exact residual
+// fma(-q, eps, x) (Markstein), which yields the correctly rounded quotient; infinite or
+// NaN quotients keep q (the residual would be inf - inf). Without FMA: plain division.
+class Divisor {
+ public:
+  explicit Divisor(float eps) : eps_(eps), inv_(1.f / eps) {}
+  Vec operator()(const Vec& x) const {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+    const Vec q = x * inv_;
+    const Vec residual = at::vec::fmadd(q.neg(), eps_, x);
+    return Vec::blendv(q, at::vec::fmadd(residual, inv_, q), (q - q) == Vec(0.f));
+#else
+    return x / eps_;
+#endif
+  }
+
+ private:
+  Vec eps_;
+  Vec inv_;
+};
+
 // z = x / eps + log_u for the W columns at j of one row; -inf past the row's end so that
-// padding lanes add exp(-inf) = 0 to every sum. Division (not a reciprocal multiply)
-// rounds L = x / eps exactly as the reference does.
+// padding lanes add exp(-inf) = 0 to every sum.
 template <typename T>
-inline Vec load_z(const T* row, int64_t j, int64_t cols, const Vec& eps, const float* log_u) {
+inline Vec load_z(const T* row, int64_t j, int64_t cols, const Divisor& divide, const float* log_u) {
   const Vec x = j + kWidth <= cols ? load_full(row + j) : load_tail(row + j, cols - j, -kInf);
-  return x / eps + Vec::loadu(log_u + j);
+  return divide(x) + Vec::loadu(log_u + j);
+}
+
+// max(a, b) as one instruction. NaN need not propagate through maxima here: every max
+// is only a shift, and a NaN element still reaches its sum through exp(NaN - shift), so
+// NaN rows and columns come out NaN as in the reference. (ATen's NaN-propagating
+// maximum is three dependent instructions on the row max's critical path.)
+inline Vec max_(const Vec& a, const Vec& b) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return Vec(_mm512_max_ps(__m512(a), __m512(b)));
+#elif defined(CPU_CAPABILITY_AVX2)
+  return Vec(_mm256_max_ps(__m256(a), __m256(b)));
+#else
+  return at::vec::maximum(a, b);
+#endif
 }
 
 // m where it is finite, else 0 (the reference's m_safe): x - x is 0 only for finite x.
@@ -146,12 +182,15 @@ class Prefetcher {
 // One row into buf as z = x / eps + log_u (padding -inf); returns its NaN-propagating max.
 template <typename T>
 float load_row(const Problem& p, const T* row, float* buf) {
-  const Vec eps(p.epsilon);
+  const Divisor divide(p.epsilon);
+  const int64_t padded = p.padded;  // locals: the stores to buf would force reloads
+  const int64_t cols = p.cols;
+  const float* log_u = p.log_u;
   Vec vmax(-kInf);
-  for (int64_t j = 0; j < p.padded; j += kWidth) {
-    const Vec z = load_z(row, j, p.cols, eps, p.log_u);
+  for (int64_t j = 0; j < padded; j += kWidth) {
+    const Vec z = load_z(row, j, cols, divide, log_u);
     z.store(buf + j);
-    vmax = at::vec::maximum(vmax, z);
+    vmax = max_(vmax, z);
   }
   return reduce_max(vmax);
 }
@@ -173,27 +212,28 @@ inline float exp_row(float* buf, int64_t padded, float m, const void* next, int6
 
 // Plain column statistics of NR rows: per column, the running max lives in stats[0:Kp]
 // and the sum of exp(z - shift(max)) in stats[Kp:2Kp]. The rows are streamed one after
-// the other into buf as z (one sequential stream; the last row's z sweep prefetches the
-// next block's first row), then the column sweep reduces the NR rows in registers, so
+// the other into buf as z (one sequential stream), then the column sweep, which
+// prefetches the next block's first row meanwhile, reduces the NR rows in registers, so
 // the max/shift bookkeeping is paid once per NR elements and the running sum is
 // rescaled (one exp) only when a max moved. (Reading the NR rows side by side, or
 // prefetching a whole block ahead, measured up to 2x slower.)
 template <typename T, int NR>
 void plain_block(const Problem& p, const T* rows, bool more, float* buf, float* stats) {
   for (int r = 0; r < NR; ++r) load_row(p, rows + r * p.cols, buf + r * p.padded);
-  Prefetcher prefetch(more ? rows + NR * p.cols : nullptr, p.cols * int64_t(sizeof(T)), p.padded / kWidth);
+  const int64_t padded = p.padded;
+  Prefetcher prefetch(more ? rows + NR * p.cols : nullptr, p.cols * int64_t(sizeof(T)), padded / kWidth);
   float* run_max = stats;
-  float* run_sum = stats + p.padded;
-  for (int64_t j = 0; j < p.padded; j += kWidth) {
+  float* run_sum = stats + padded;
+  for (int64_t j = 0; j < padded; j += kWidth) {
     prefetch.next();
     Vec z[NR];
     Vec block_max(-kInf);
     for (int r = 0; r < NR; ++r) {
-      z[r] = Vec::loadu(buf + r * p.padded + j);
-      block_max = at::vec::maximum(block_max, z[r]);
+      z[r] = Vec::loadu(buf + r * padded + j);
+      block_max = max_(block_max, z[r]);
     }
     const Vec old_max = Vec::loadu(run_max + j);
-    const Vec new_max = at::vec::maximum(old_max, block_max);
+    const Vec new_max = max_(old_max, block_max);
     const Vec shift = finite_or_zero(new_max);
     Vec sum = Vec::loadu(run_sum + j);
     if (!all_equal(old_max, new_max)) {
@@ -219,11 +259,12 @@ void normalized_block(const Problem& p, const T* rows, bool more, float* buf, fl
     const T* next = (r + 1 < NR || more) ? rows + (r + 1) * p.cols : nullptr;
     inv_sum[r] = 1.f / exp_row(zr, p.padded, m, next, p.cols * int64_t(sizeof(T)));
   }
-  float* col_sum = stats + p.padded;
-  for (int64_t j = 0; j < p.padded; j += kWidth) {
+  const int64_t padded = p.padded;
+  float* col_sum = stats + padded;
+  for (int64_t j = 0; j < padded; j += kWidth) {
     Vec acc(0.f);
     for (int r = 0; r < NR; ++r) {
-      acc = at::vec::fmadd(Vec::loadu(buf + r * p.padded + j), Vec(inv_sum[r]), acc);
+      acc = at::vec::fmadd(Vec::loadu(buf + r * padded + j), Vec(inv_sum[r]), acc);
     }
     (Vec::loadu(col_sum + j) + acc).store(col_sum + j);
   }
@@ -317,7 +358,7 @@ void merge_stats_impl(const float* stats, int64_t chunks, int64_t padded, int64_
                       float* out) {
   for (int64_t j = col0; j < col1; j += kWidth) {
     Vec m(-kInf);
-    for (int64_t c = 0; c < chunks; ++c) m = at::vec::maximum(m, Vec::loadu(stats + 2 * c * padded + j));
+    for (int64_t c = 0; c < chunks; ++c) m = max_(m, Vec::loadu(stats + 2 * c * padded + j));
     const Vec shift = finite_or_zero(m);
     Vec sum(0.f);
     for (int64_t c = 0; c < chunks; ++c) {
