@@ -4,15 +4,19 @@
 // See sinkhorn_kernels.h for the contracts and sinkhorn.cpp for the algorithm.
 //
 // Per element of a (B, K) pass (fp32 input; bf16/fp16 read 2 bytes instead of 4):
-//   colstats, plain (pass 0)   4 B read, 1 div + 1 add + 1 max + 1 exp + 1 add (FLOPs ~
-//                              Sleef exp ~ 15 vector ops / 16 lanes); the 8-row block is
-//                              rescaled only when a column's running max moves.
-//   colstats, normalize_rows   4 B read, then 3 sweeps over an L2-resident row buffer:
-//                              z = x / eps + log_u and its max, e = exp(z - max) and its
-//                              sum, then column sums of e / sum: 1 exp per element.
-//   codes                      4 B read + 4 B write, the same 3 sweeps, 1 exp per element.
-// Column accumulators (2 * Kp floats per chunk) and the row buffer (8 * Kp floats)
-// stay in L2 for K up to 16k, so DRAM traffic is the scores (and codes) only.
+//   colstats, plain (pass 0)   4 B read; x / eps (3 FMA-unit ops, no divide) + log_u,
+//                              stored to an L2-resident 8-row buffer with the row max;
+//                              then per column: block max, 1 exp (~13 vector ops per 16
+//                              lanes on AVX-512) and an add; the running sum is rescaled
+//                              only when a column's max moves.
+//   colstats, normalize_rows   4 B read, then 3 sweeps over the row buffer: z and its max,
+//                              e = exp(z - max) and its sum, column sums of e / sum
+//                              (1 fma): 1 exp per element.
+//   codes                      4 B read + 4 B written (non-temporal when large), the same
+//                              sweeps, 1 exp per element.
+// Column accumulators (2 * Kp floats per chunk) and the row buffer (8 * Kp floats) stay
+// in L2 for K up to 16k, so DRAM traffic is the scores (and the codes) only; the sweeps
+// that only compute prefetch the next row so the memory and the exps overlap.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
