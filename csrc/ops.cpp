@@ -9,8 +9,10 @@ TORCH_LIBRARY(seer_kernels, m) {
   m.def("sinkhorn(Tensor scores, float epsilon, int iterations) -> Tensor");
   // Building blocks of the distributed Sinkhorn (one pass over the rows each).
   // x[b, k] = scores[b, k] / epsilon + log_u[k], minus logsumexp_k x[b, :] when
-  // normalize_rows. colstats returns (2, K) fp32: row 0 = max_b x, row 1 =
-  // sum_b exp(x - max_b x); codes returns softmax_k(x) (normalize_rows) or exp(x).
+  // normalize_rows. colstats returns (2, K) fp32: row 0 = a finite per-column shift
+  // (max_b x, or 0 where that is not finite; 0 when normalize_rows, as softmax entries
+  // need none), row 1 = sum_b exp(x - shift), so logsumexp_b x = row 0 + log(row 1);
+  // codes returns softmax_k(x) (normalize_rows) or exp(x).
   m.def(
       "sinkhorn_colstats(Tensor scores, Tensor log_u, float epsilon, bool normalize_rows) -> "
       "Tensor");

@@ -35,7 +35,8 @@ def combine_colstats(stats: torch.Tensor, group) -> torch.Tensor:
     if group is None:
         return stats[0] + torch.log(stats[1])
     world = dist.get_world_size(group)
-    # Gathered along dim 0 as (world * 2, K): gloo accepts only that layout.
+    # Gather into a flat (world * 2, K) buffer: gloo accepts only the concatenated layout
+    # (NCCL also takes a stacked (world, 2, K) one).
     flat = torch.empty((world * stats.shape[0], *stats.shape[1:]), dtype=stats.dtype, device=stats.device)
     dist.all_gather_into_tensor(flat, stats.contiguous(), group=group)
     gathered = flat.view(world, *stats.shape)

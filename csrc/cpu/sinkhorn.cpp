@@ -1,0 +1,286 @@
+// CPU kernels of seer_kernels::sinkhorn, sinkhorn_colstats and sinkhorn_codes.
+//
+// Algorithm (the same in every backend; see seer_kernels/sinkhorn.py), log domain, fp32
+// accumulation whatever the input dtype, L = scores / eps, per-prototype log_u (K,):
+//   pass 0      log_u = -logsumexp_b L[:, k] - log K
+//   pass t      log_u += log(B/K) - logsumexp_b log_softmax_k(L + log_u)[:, k]   (t < T)
+//   last pass   codes = softmax_k(L + log_u)
+//   T = 0       codes = B * exp(L - logsumexp(L))
+//
+// Bytes moved, (B, K) scores of s bytes each (4 fp32, 2 bf16/fp16), T iterations:
+//   pass 0 and each pass t       B*K*s read (the column statistics: 2*K floats per chunk)
+//   last pass                    B*K*s read + B*K*4 written
+//   total                        (T + 1)*B*K*s + 4*B*K; the floor when B*K does not fit
+//                                in cache is one read per half-iteration, which this is.
+// (4096, 3000, 3) fp32: 4 * 49.2 MB + 49.2 MB = 246 MB. One exp per element per pass.
+//
+// Parallel layout: the rows are cut into chunks that depend on B only (not on the
+// thread count, so results are bit-identical for any number of threads); at::parallel_for
+// hands each thread a run of chunks, each chunk accumulates private per-column (shift,
+// sum) statistics in registers over 8-row blocks, and a second parallel_for over columns
+// merges the chunks (max of shifts, rescaled sums).
+//
+// Column logsumexps. Pass 0 keeps a per-column running max (the shift), so nothing over-
+// or underflows for any finite input at any eps. Passes t >= 1 sum softmax entries
+// directly, with shift 0: an entry is in [0, 1], so no sum overflows, and none of the
+// sums that matter underflows. After pass 0 (or an update), A = exp(L + log_u) has
+// column sums 1/K (or B/K) and hence row sums r_b <= 1 (or B); the row-softmax is
+// A[b, k] / r_b >= A[b, k] (or A[b, k] / B), so every column of it sums to >= 1/K and
+// its largest entry is >= 1/(K*B), ~1e-11 for SEER sizes, while only entries below 1e-38
+// flush to zero. That saves the second exp per element that a running max costs.
+//
+// Non-finite input follows the reference: a NaN poisons its column statistic, hence
+// log_u, hence every row (all codes NaN); +inf gives NaN where inf - inf appears.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <ATen/EmptyTensor.h>
+#include <c10/core/Allocator.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "sinkhorn_kernels.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace seer_kernels::cpu {
+namespace {
+
+// Codes are a fresh (B, K) fp32 tensor per call, tens to hundreds of MB. Fresh memory
+// costs a page fault per 4 KiB page on first touch, which on this VM took longer than
+// the whole computation ((4096, 3000): ~25 ms of faults against ~5 ms per pass);
+// transparent huge pages (2 MiB, requested with madvise, as c10 does under
+// THP_MEM_ALLOC_ENABLE=1) cut the faults 512-fold. Outputs below 4 MiB use the default
+// CPU allocator.
+class HugePageAllocator final : public c10::Allocator {
+ public:
+  static constexpr size_t kPage = size_t(2) << 20;
+  c10::DataPtr allocate(size_t bytes) override {
+    const size_t size = std::max(kPage, (bytes + kPage - 1) / kPage * kPage);
+    void* ptr = nullptr;
+    TORCH_CHECK(posix_memalign(&ptr, kPage, size) == 0, "sinkhorn: out of memory allocating ", size, " bytes");
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    madvise(ptr, size, MADV_HUGEPAGE);  // advisory: without THP it is plain memory
+#endif
+    return {ptr, ptr, &release, c10::Device(c10::DeviceType::CPU)};
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return &release; }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+ private:
+  static void release(void* ptr) { std::free(ptr); }
+};
+
+at::Tensor empty_codes(int64_t rows, int64_t cols) {
+  static HugePageAllocator allocator;
+  if (rows * cols * int64_t(sizeof(float)) < (int64_t(4) << 20)) {
+    return at::empty({rows, cols}, at::TensorOptions().dtype(at::kFloat));
+  }
+  return at::detail::empty_generic({rows, cols}, &allocator, c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   at::kFloat, std::nullopt);
+}
+
+using sinkhorn::InputType;
+using sinkhorn::Kernels;
+using sinkhorn::Problem;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The instruction-set table at::get_cpu_capability() names (it honours
+// ATEN_CPU_CAPABILITY, like ATen's own kernels).
+const Kernels& kernels() {
+  static const Kernels& table = []() -> const Kernels& {
+    const std::string cap = at::get_cpu_capability();
+    if (cap == "AVX512") return sinkhorn::kernels_avx512();
+    if (cap == "AVX2") return sinkhorn::kernels_avx2();
+    return sinkhorn::kernels_default();
+  }();
+  return table;
+}
+
+InputType input_type(const at::Tensor& scores) {
+  switch (scores.scalar_type()) {
+    case at::kFloat:
+      return InputType::kFloat;
+    case at::kHalf:
+      return InputType::kHalf;
+    case at::kBFloat16:
+      return InputType::kBFloat16;
+    default:
+      TORCH_CHECK(false, "sinkhorn: scores must be float32, float16 or bfloat16, got ", scores.scalar_type());
+  }
+}
+
+void check_scores(const at::Tensor& scores, double epsilon) {
+  TORCH_CHECK(scores.dim() == 2, "sinkhorn: scores must be 2-D (B, K), got shape ", scores.sizes());
+  TORCH_CHECK(scores.device().is_cpu(), "sinkhorn: scores must be a CPU tensor, got ", scores.device());
+  TORCH_CHECK(std::isfinite(epsilon) && epsilon > 0, "sinkhorn: epsilon must be > 0, got ", epsilon);
+  input_type(scores);
+}
+
+// Rows per chunk: a function of B only, about 16 chunks (256 rows each beyond 4096 rows)
+// so two to sixteen threads get balanced work; a multiple of the 8-row block.
+int64_t rows_per_chunk(int64_t rows) {
+  const int64_t target = std::max<int64_t>(16, ceil_div(rows, 256));
+  return std::max<int64_t>(1, ceil_div(ceil_div(rows, target), sinkhorn::kBlockRows)) * sinkhorn::kBlockRows;
+}
+
+// The scores (contiguous) and a padded fp32 log_u that outlive the Problem.
+struct Operand {
+  at::Tensor scores;
+  std::vector<float> log_u;
+  Problem problem;
+
+  Operand(const at::Tensor& s, double epsilon, const Kernels& k)
+      : scores(s.contiguous()), log_u(ceil_div(s.size(1), k.width) * k.width, 0.f) {
+    problem = Problem{scores.data_ptr(), input_type(scores),    scores.size(0), scores.size(1),
+                      int64_t(log_u.size()), float(epsilon), log_u.data()};
+  }
+  int64_t rows() const { return scores.size(0); }
+  int64_t cols() const { return scores.size(1); }
+};
+
+// Row buffers, one per thread, allocated before the parallel region: a heap buffer
+// freed inside each task made glibc trim and re-fault the thread's arena on every pass
+// (measured: 35 mmap/munmap calls per call, and 4-8 ms passes with two threads).
+at::Tensor thread_scratch(int64_t floats_per_thread) {
+  return at::empty({at::get_num_threads(), std::max<int64_t>(floats_per_thread, 1)},
+                   at::TensorOptions().dtype(at::kFloat));
+}
+
+// Column statistics over all rows, merged: (2, Kp) fp32 [shift; sum of exp(x - shift)].
+at::Tensor colstats_padded(const Operand& op, bool normalize_rows, const Kernels& k) {
+  const Problem& p = op.problem;
+  const int64_t rows = op.rows();
+  const int64_t per = rows_per_chunk(rows);
+  const int64_t chunks = ceil_div(rows, per);
+  auto opts = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor partial = at::empty({std::max<int64_t>(chunks, 1), 2, p.padded}, opts);
+  float* part = partial.data_ptr<float>();
+  if (chunks == 0) {
+    partial.select(1, 0).fill_(0.f);
+    partial.select(1, 1).fill_(0.f);
+  }
+  const int64_t scratch_size = sinkhorn::kBlockRows * p.padded;
+  at::Tensor scratch = thread_scratch(scratch_size);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    float* buffer = scratch.data_ptr<float>() + at::get_thread_num() * scratch_size;
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t row0 = c * per;
+      k.colstats_rows(p, row0, std::min(per, rows - row0), normalize_rows, buffer, part + 2 * c * p.padded);
+    }
+  });
+  at::Tensor merged = at::empty({2, p.padded}, opts);
+  float* out = merged.data_ptr<float>();
+  // The merge reads chunks * 2 * Kp floats (~1% of a pass): threads only when it is big,
+  // since every parallel region is a barrier, and barriers are what a busy machine makes slow.
+  const int64_t vectors = p.padded / k.width;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / (k.width * std::max<int64_t>(chunks, 1)));
+  at::parallel_for(0, vectors, grain, [&](int64_t v0, int64_t v1) {
+    k.merge_stats(part, std::max<int64_t>(chunks, 1), p.padded, v0 * k.width, v1 * k.width, out);
+  });
+  return merged;
+}
+
+at::Tensor codes(const Operand& op, bool normalize_rows, const Kernels& k, float scale = 1.f) {
+  const Problem& p = op.problem;
+  at::Tensor out = empty_codes(op.rows(), op.cols());
+  float* dst = out.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(p.padded, 1));
+  at::Tensor scratch = thread_scratch(p.padded);
+  at::parallel_for(0, op.rows(), grain, [&](int64_t r0, int64_t r1) {
+    float* buffer = scratch.data_ptr<float>() + at::get_thread_num() * p.padded;
+    k.codes_rows(p, r0, r1 - r0, normalize_rows, scale, buffer, dst);
+  });
+  return out;
+}
+
+// logsumexp over the column of its (shift, sum), as the reference: shift + log(sum).
+float column_lse(const float* merged, int64_t padded, int64_t col) {
+  return merged[col] + std::log(merged[padded + col]);
+}
+
+void set_log_u(Operand& op, const at::Tensor& log_u) {
+  TORCH_CHECK(log_u.dim() == 1 && log_u.size(0) == op.cols(), "sinkhorn: log_u must have shape (", op.cols(),
+              ",), got ", log_u.sizes());
+  TORCH_CHECK(log_u.device().is_cpu(), "sinkhorn: log_u must be a CPU tensor, got ", log_u.device());
+  const at::Tensor lu = log_u.to(at::kFloat).contiguous();
+  std::copy(lu.data_ptr<float>(), lu.data_ptr<float>() + op.cols(), op.log_u.begin());
+}
+
+at::Tensor sinkhorn_colstats_cpu(const at::Tensor& scores, const at::Tensor& log_u, double epsilon,
+                                 bool normalize_rows) {
+  check_scores(scores, epsilon);
+  const Kernels& k = kernels();
+  Operand op(scores, epsilon, k);
+  set_log_u(op, log_u);
+  return colstats_padded(op, normalize_rows, k).narrow(1, 0, op.cols()).contiguous();
+}
+
+at::Tensor sinkhorn_codes_cpu(const at::Tensor& scores, const at::Tensor& log_u, double epsilon,
+                             bool normalize_rows) {
+  check_scores(scores, epsilon);
+  const Kernels& k = kernels();
+  Operand op(scores, epsilon, k);
+  set_log_u(op, log_u);
+  return codes(op, normalize_rows, k);
+}
+
+// The fused op: T + 1 passes over the scores, log_u updated in between, no Python.
+at::Tensor sinkhorn_cpu(const at::Tensor& scores, double epsilon, int64_t iterations) {
+  check_scores(scores, epsilon);
+  TORCH_CHECK(iterations >= 0, "sinkhorn: iterations must be >= 0, got ", iterations);
+  const Kernels& k = kernels();
+  Operand op(scores, epsilon, k);
+  const int64_t cols = op.cols();
+  const int64_t padded = op.problem.padded;
+  // fp32 constants, rounded as the reference rounds them.
+  const float log_b = std::log(float(op.rows()));
+  const float log_k = float(std::log(double(cols)));
+  at::Tensor stats = colstats_padded(op, /*normalize_rows=*/false, k);
+  const float* st = stats.data_ptr<float>();
+  if (iterations == 0) {
+    // codes = B * exp(L - total), total = logsumexp of the column logsumexps (in fp64).
+    // Scaling by B after the exp (not adding log B inside it) keeps the exponent's
+    // rounding that of L - total alone, as in the reference.
+    float total_max = -std::numeric_limits<float>::infinity();
+    for (int64_t c = 0; c < cols; ++c) {
+      const float v = column_lse(st, padded, c);
+      total_max = std::isnan(v) || std::isnan(total_max) ? std::numeric_limits<float>::quiet_NaN()
+                                                         : std::max(total_max, v);
+    }
+    const double safe = std::isfinite(total_max) ? total_max : 0.0;
+    double acc = 0.0;
+    for (int64_t c = 0; c < cols; ++c) acc += std::exp(double(column_lse(st, padded, c)) - safe);
+    const double total = safe + std::log(acc);
+    std::fill(op.log_u.begin(), op.log_u.begin() + cols, float(-total));
+    return codes(op, /*normalize_rows=*/false, k, float(op.rows()));
+  }
+  for (int64_t c = 0; c < cols; ++c) op.log_u[c] = -column_lse(st, padded, c) - log_k;
+  for (int64_t t = 1; t < iterations; ++t) {
+    stats = colstats_padded(op, /*normalize_rows=*/true, k);
+    st = stats.data_ptr<float>();
+    for (int64_t c = 0; c < cols; ++c) op.log_u[c] = ((op.log_u[c] + log_b) - log_k) - column_lse(st, padded, c);
+  }
+  return codes(op, /*normalize_rows=*/true, k);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(seer_kernels, CPU, m) {
+  m.impl("sinkhorn", &sinkhorn_cpu);
+  m.impl("sinkhorn_colstats", &sinkhorn_colstats_cpu);
+  m.impl("sinkhorn_codes", &sinkhorn_codes_cpu);
+}
+
+}  // namespace seer_kernels::cpu
