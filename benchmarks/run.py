@@ -203,8 +203,12 @@ def write_results(rows, info, ceil, out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="folder for the results (default: %(default)s)"
+    )
     parser.add_argument("-k", default=None, help="pytest -k expression to select benchmarks")
     parser.add_argument("--no-readme", action="store_true", help="do not refresh the README section")
     args = parser.parse_args(argv)

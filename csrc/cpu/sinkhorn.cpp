@@ -32,9 +32,9 @@
 // Non-finite input follows the reference: a NaN poisons its column statistic, hence
 // log_u, hence every row (all codes NaN); +inf gives NaN where inf - inf appears.
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
-#include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
 #include <torch/library.h>
 
@@ -66,7 +66,8 @@ class HugePageAllocator final : public c10::Allocator {
   c10::DataPtr allocate(size_t bytes) override {
     const size_t size = std::max(kPage, (bytes + kPage - 1) / kPage * kPage);
     void* ptr = nullptr;
-    TORCH_CHECK(posix_memalign(&ptr, kPage, size) == 0, "sinkhorn: out of memory allocating ", size, " bytes");
+    TORCH_CHECK(posix_memalign(&ptr, kPage, size) == 0, "sinkhorn: out of memory allocating ", size,
+                " bytes");
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     madvise(ptr, size, MADV_HUGEPAGE);  // advisory: without THP it is plain memory
 #endif
@@ -86,8 +87,9 @@ at::Tensor empty_codes(int64_t rows, int64_t cols) {
   if (rows * cols * int64_t(sizeof(float)) < (int64_t(4) << 20)) {
     return at::empty({rows, cols}, at::TensorOptions().dtype(at::kFloat));
   }
-  return at::detail::empty_generic({rows, cols}, &allocator, c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   at::kFloat, std::nullopt);
+  return at::detail::empty_generic({rows, cols}, &allocator,
+                                   c10::DispatchKeySet(c10::DispatchKey::CPU), at::kFloat,
+                                   std::nullopt);
 }
 
 using sinkhorn::InputType;
@@ -117,14 +119,17 @@ InputType input_type(const at::Tensor& scores) {
     case at::kBFloat16:
       return InputType::kBFloat16;
     default:
-      TORCH_CHECK(false, "sinkhorn: scores must be float32, float16 or bfloat16, got ", scores.scalar_type());
+      TORCH_CHECK(false, "sinkhorn: scores must be float32, float16 or bfloat16, got ",
+                  scores.scalar_type());
   }
 }
 
 void check_scores(const at::Tensor& scores, double epsilon) {
   TORCH_CHECK(scores.dim() == 2, "sinkhorn: scores must be 2-D (B, K), got shape ", scores.sizes());
-  TORCH_CHECK(scores.device().is_cpu(), "sinkhorn: scores must be a CPU tensor, got ", scores.device());
-  TORCH_CHECK(std::isfinite(epsilon) && epsilon > 0, "sinkhorn: epsilon must be > 0, got ", epsilon);
+  TORCH_CHECK(scores.device().is_cpu(), "sinkhorn: scores must be a CPU tensor, got ",
+              scores.device());
+  TORCH_CHECK(std::isfinite(epsilon) && epsilon > 0, "sinkhorn: epsilon must be > 0, got ",
+              epsilon);
   input_type(scores);
 }
 
@@ -132,7 +137,8 @@ void check_scores(const at::Tensor& scores, double epsilon) {
 // so two to sixteen threads get balanced work; a multiple of the 8-row block.
 int64_t rows_per_chunk(int64_t rows) {
   const int64_t target = std::max<int64_t>(16, ceil_div(rows, 256));
-  return std::max<int64_t>(1, ceil_div(ceil_div(rows, target), sinkhorn::kBlockRows)) * sinkhorn::kBlockRows;
+  return std::max<int64_t>(1, ceil_div(ceil_div(rows, target), sinkhorn::kBlockRows)) *
+         sinkhorn::kBlockRows;
 }
 
 // The scores (contiguous) and a padded fp32 log_u that outlive the Problem.
@@ -143,8 +149,8 @@ struct Operand {
 
   Operand(const at::Tensor& s, double epsilon, const Kernels& k)
       : scores(s.contiguous()), log_u(ceil_div(s.size(1), k.width) * k.width, 0.f) {
-    problem = Problem{scores.data_ptr(), input_type(scores),    scores.size(0), scores.size(1),
-                      int64_t(log_u.size()), float(epsilon), log_u.data()};
+    problem = Problem{scores.data_ptr(),     input_type(scores), scores.size(0), scores.size(1),
+                      int64_t(log_u.size()), float(epsilon),     log_u.data()};
   }
   int64_t rows() const { return scores.size(0); }
   int64_t cols() const { return scores.size(1); }
@@ -177,7 +183,8 @@ at::Tensor colstats_padded(const Operand& op, bool normalize_rows, const Kernels
     float* buffer = scratch.data_ptr<float>() + at::get_thread_num() * scratch_size;
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t row0 = c * per;
-      k.colstats_rows(p, row0, std::min(per, rows - row0), normalize_rows, buffer, part + 2 * c * p.padded);
+      k.colstats_rows(p, row0, std::min(per, rows - row0), normalize_rows, buffer,
+                      part + 2 * c * p.padded);
     }
   });
   at::Tensor merged = at::empty({2, p.padded}, opts);
@@ -185,7 +192,8 @@ at::Tensor colstats_padded(const Operand& op, bool normalize_rows, const Kernels
   // The merge reads chunks * 2 * Kp floats (~1% of a pass): threads only when it is big,
   // since every parallel region is a barrier, and barriers are what a busy machine makes slow.
   const int64_t vectors = p.padded / k.width;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / (k.width * std::max<int64_t>(chunks, 1)));
+  const int64_t grain =
+      std::max<int64_t>(1, (int64_t(1) << 20) / (k.width * std::max<int64_t>(chunks, 1)));
   at::parallel_for(0, vectors, grain, [&](int64_t v0, int64_t v1) {
     k.merge_stats(part, std::max<int64_t>(chunks, 1), p.padded, v0 * k.width, v1 * k.width, out);
   });
@@ -211,9 +219,10 @@ float column_lse(const float* merged, int64_t padded, int64_t col) {
 }
 
 void set_log_u(Operand& op, const at::Tensor& log_u) {
-  TORCH_CHECK(log_u.dim() == 1 && log_u.size(0) == op.cols(), "sinkhorn: log_u must have shape (", op.cols(),
-              ",), got ", log_u.sizes());
-  TORCH_CHECK(log_u.device().is_cpu(), "sinkhorn: log_u must be a CPU tensor, got ", log_u.device());
+  TORCH_CHECK(log_u.dim() == 1 && log_u.size(0) == op.cols(), "sinkhorn: log_u must have shape (",
+              op.cols(), ",), got ", log_u.sizes());
+  TORCH_CHECK(log_u.device().is_cpu(), "sinkhorn: log_u must be a CPU tensor, got ",
+              log_u.device());
   const at::Tensor lu = log_u.to(at::kFloat).contiguous();
   std::copy(lu.data_ptr<float>(), lu.data_ptr<float>() + op.cols(), op.log_u.begin());
 }
@@ -228,7 +237,7 @@ at::Tensor sinkhorn_colstats_cpu(const at::Tensor& scores, const at::Tensor& log
 }
 
 at::Tensor sinkhorn_codes_cpu(const at::Tensor& scores, const at::Tensor& log_u, double epsilon,
-                             bool normalize_rows) {
+                              bool normalize_rows) {
   check_scores(scores, epsilon);
   const Kernels& k = kernels();
   Operand op(scores, epsilon, k);
@@ -270,7 +279,8 @@ at::Tensor sinkhorn_cpu(const at::Tensor& scores, double epsilon, int64_t iterat
   for (int64_t t = 1; t < iterations; ++t) {
     stats = colstats_padded(op, /*normalize_rows=*/true, k);
     st = stats.data_ptr<float>();
-    for (int64_t c = 0; c < cols; ++c) op.log_u[c] = ((op.log_u[c] + log_b) - log_k) - column_lse(st, padded, c);
+    for (int64_t c = 0; c < cols; ++c)
+      op.log_u[c] = ((op.log_u[c] + log_b) - log_k) - column_lse(st, padded, c);
   }
   return codes(op, /*normalize_rows=*/true, k);
 }

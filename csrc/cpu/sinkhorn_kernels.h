@@ -35,13 +35,13 @@ struct Kernels {
   // per-column shift, row 1 the sum over those rows of exp(x - shift), where
   // x = scores / eps + log_u, minus the row's logsumexp when normalize_rows.
   // buffer: kBlockRows * Kp floats of scratch owned by the calling thread.
-  void (*colstats_rows)(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows, float* buffer,
-                        float* stats);
+  void (*colstats_rows)(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows,
+                        float* buffer, float* stats);
   // Merge `chunks` (2, Kp) partial stats (contiguous, chunk-major) over the column
   // range [col0, col1) into out (2, Kp): shift = max of the chunk shifts (0 where it is
   // not finite), sum = sum of the chunk sums rescaled to it.
-  void (*merge_stats)(const float* stats, int64_t chunks, int64_t padded, int64_t col0, int64_t col1,
-                      float* out);
+  void (*merge_stats)(const float* stats, int64_t chunks, int64_t padded, int64_t col0,
+                      int64_t col1, float* out);
   // codes[b, :] = softmax_k(x[b, :]) (normalize_rows) or scale * exp(x[b, :]) for rows
   // [row0, row0 + rows); out is (B, K) fp32 row-major. buffer: Kp floats of scratch.
   void (*codes_rows)(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows, float scale,

@@ -47,7 +47,8 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 inline Vec exp_(const Vec& v) {
 #if defined(CPU_CAPABILITY_AVX512)
   // max/min with the constant first return the second operand when it is NaN: NaN stays.
-  const __m512 x = _mm512_min_ps(_mm512_set1_ps(89.f), _mm512_max_ps(_mm512_set1_ps(-104.f), __m512(v)));
+  const __m512 x =
+      _mm512_min_ps(_mm512_set1_ps(89.f), _mm512_max_ps(_mm512_set1_ps(-104.f), __m512(v)));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
@@ -113,7 +114,8 @@ class Divisor {
 // z = x / eps + log_u for the W columns at j of one row; -inf past the row's end so that
 // padding lanes add exp(-inf) = 0 to every sum.
 template <typename T>
-inline Vec load_z(const T* row, int64_t j, int64_t cols, const Divisor& divide, const float* log_u) {
+inline Vec load_z(const T* row, int64_t j, int64_t cols, const Divisor& divide,
+                  const float* log_u) {
   const Vec x = j + kWidth <= cols ? load_full(row + j) : load_tail(row + j, cols - j, -kInf);
   return divide(x) + Vec::loadu(log_u + j);
 }
@@ -133,9 +135,7 @@ inline Vec max_(const Vec& a, const Vec& b) {
 }
 
 // m where it is finite, else 0 (the reference's m_safe): x - x is 0 only for finite x.
-inline Vec finite_or_zero(const Vec& m) {
-  return Vec::blendv(Vec(0.f), m, (m - m) == Vec(0.f));
-}
+inline Vec finite_or_zero(const Vec& m) { return Vec::blendv(Vec(0.f), m, (m - m) == Vec(0.f)); }
 
 inline bool all_equal(const Vec& a, const Vec& b) {
   constexpr int kAll = (1 << kWidth) - 1;
@@ -225,7 +225,8 @@ template <typename T, int NR>
 void plain_block(const Problem& p, const T* rows, bool more, float* buf, float* stats) {
   for (int r = 0; r < NR; ++r) load_row(p, rows + r * p.cols, buf + r * p.padded);
   const int64_t padded = p.padded;
-  Prefetcher prefetch(more ? rows + NR * p.cols : nullptr, p.cols * int64_t(sizeof(T)), padded / kWidth);
+  Prefetcher prefetch(more ? rows + NR * p.cols : nullptr, p.cols * int64_t(sizeof(T)),
+                      padded / kWidth);
   float* run_max = stats;
   float* run_sum = stats + padded;
   for (int64_t j = 0; j < padded; j += kWidth) {
@@ -275,8 +276,8 @@ void normalized_block(const Problem& p, const T* rows, bool more, float* buf, fl
 }
 
 template <typename T>
-void colstats_rows_typed(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows, float* buf,
-                         float* stats) {
+void colstats_rows_typed(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows,
+                         float* buf, float* stats) {
   std::fill(stats, stats + p.padded, normalize_rows ? 0.f : -kInf);
   std::fill(stats + p.padded, stats + 2 * p.padded, 0.f);
   const T* base = static_cast<const T*>(p.scores) + row0 * p.cols;
@@ -310,8 +311,10 @@ constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
 // dst[0:cols] = buf[0:cols] * scale, the aligned body with non-temporal stores.
 inline void write_row_streaming(float* dst, const float* buf, int64_t cols, float scale) {
-  const int64_t misaligned = int64_t(reinterpret_cast<uintptr_t>(dst) % 64) / int64_t(sizeof(float));
-  const int64_t head = std::min(cols, misaligned == 0 ? int64_t(0) : 64 / int64_t(sizeof(float)) - misaligned);
+  const int64_t misaligned =
+      int64_t(reinterpret_cast<uintptr_t>(dst) % 64) / int64_t(sizeof(float));
+  const int64_t head =
+      std::min(cols, misaligned == 0 ? int64_t(0) : 64 / int64_t(sizeof(float)) - misaligned);
   for (int64_t i = 0; i < head; ++i) dst[i] = buf[i] * scale;
   const Vec vs(scale);
   int64_t j = head;
@@ -329,8 +332,8 @@ inline void write_row_streaming(float* dst, const float* buf, int64_t cols, floa
 }
 
 template <typename T>
-void codes_rows_typed(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows, float plain_scale,
-                      float* buf, float* out) {
+void codes_rows_typed(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows,
+                      float plain_scale, float* buf, float* out) {
   const T* base = static_cast<const T*>(p.scores) + row0 * p.cols;
   const int64_t full = p.cols / kWidth * kWidth;
   const int64_t tail = p.cols - full;
@@ -358,8 +361,8 @@ void codes_rows_typed(const Problem& p, int64_t row0, int64_t rows, bool normali
 #endif
 }
 
-void merge_stats_impl(const float* stats, int64_t chunks, int64_t padded, int64_t col0, int64_t col1,
-                      float* out) {
+void merge_stats_impl(const float* stats, int64_t chunks, int64_t padded, int64_t col0,
+                      int64_t col1, float* out) {
   for (int64_t j = col0; j < col1; j += kWidth) {
     Vec m(-kInf);
     for (int64_t c = 0; c < chunks; ++c) m = max_(m, Vec::loadu(stats + 2 * c * padded + j));
@@ -369,7 +372,8 @@ void merge_stats_impl(const float* stats, int64_t chunks, int64_t padded, int64_
       const Vec chunk_shift = Vec::loadu(stats + 2 * c * padded + j);
       const Vec chunk_sum = Vec::loadu(stats + (2 * c + 1) * padded + j);
       // Row-normalized stats all have shift 0: skip the exp(0) then.
-      sum = sum + (all_equal(chunk_shift, shift) ? chunk_sum : chunk_sum * exp_(chunk_shift - shift));
+      sum =
+          sum + (all_equal(chunk_shift, shift) ? chunk_sum : chunk_sum * exp_(chunk_shift - shift));
     }
     shift.store(out + j);
     sum.store(out + padded + j);
@@ -398,8 +402,8 @@ void colstats_rows(const Problem& p, int64_t row0, int64_t rows, bool normalize_
   });
 }
 
-void codes_rows(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows, float scale, float* buf,
-                float* out) {
+void codes_rows(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows, float scale,
+                float* buf, float* out) {
   dispatch_type(p.type, [&](auto tag) {
     codes_rows_typed<decltype(tag)>(p, row0, rows, normalize_rows, scale, buf, out);
   });

@@ -48,8 +48,8 @@ __device__ __forceinline__ float finite_or_zero(float m) { return isfinite(m) ? 
 __host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
 template <typename T>
-__device__ __forceinline__ float logit(const T* scores, int64_t row, int64_t col, int64_t cols, float eps,
-                                       float log_u) {
+__device__ __forceinline__ float logit(const T* scores, int64_t row, int64_t col, int64_t cols,
+                                       float eps, float log_u) {
   return __fdiv_rn(static_cast<float>(scores[row * cols + col]), eps) + log_u;
 }
 
@@ -80,7 +80,8 @@ __device__ void block_reduce(float (&m)[R], float (&s)[R]) {
 #pragma unroll
   for (int i = 0; i < R; ++i) {
     for (int offset = 16; offset > 0; offset >>= 1) {
-      online_merge(m[i], s[i], __shfl_xor_sync(kFullMask, m[i], offset), __shfl_xor_sync(kFullMask, s[i], offset));
+      online_merge(m[i], s[i], __shfl_xor_sync(kFullMask, m[i], offset),
+                   __shfl_xor_sync(kFullMask, s[i], offset));
     }
     if (lane == 0) {
       shared_m[i][warp] = m[i];
@@ -123,7 +124,8 @@ __global__ void plain_colstats_kernel(const T* __restrict__ scores, const float*
 }
 
 template <typename T>
-__global__ void normalized_colstats_kernel(const T* __restrict__ scores, const float* __restrict__ log_u,
+__global__ void normalized_colstats_kernel(const T* __restrict__ scores,
+                                           const float* __restrict__ log_u,
                                            float* __restrict__ partial, int64_t rows, int64_t cols,
                                            int64_t rows_per_group, float eps) {
   const int64_t row0 = int64_t(blockIdx.x) * rows_per_group;
@@ -172,8 +174,8 @@ __global__ void normalized_colstats_kernel(const T* __restrict__ scores, const f
 
 // mode 0: out = merged (2, K) stats; 1: log_u = column logsumexp; 2: log_u = -lse - log K
 // (pass 0); 3: log_u = log_u + log B - log K - lse (pass t).
-__global__ void merge_kernel(const float* __restrict__ partial, int64_t groups, int64_t cols, float* out,
-                             float* log_u, float log_b, float log_k, int mode) {
+__global__ void merge_kernel(const float* __restrict__ partial, int64_t groups, int64_t cols,
+                             float* out, float* log_u, float log_b, float log_k, int mode) {
   const int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (col >= cols) return;
   float m = -INFINITY;
@@ -181,7 +183,8 @@ __global__ void merge_kernel(const float* __restrict__ partial, int64_t groups, 
   const float shift = finite_or_zero(m);
   double s = 0.0;
   for (int64_t g = 0; g < groups; ++g) {
-    s += double(partial[g * 2 * cols + cols + col]) * double(__expf(partial[g * 2 * cols + col] - shift));
+    s += double(partial[g * 2 * cols + cols + col]) *
+         double(__expf(partial[g * 2 * cols + col] - shift));
   }
   const float lse = shift + float(log(s));
   if (mode == 0) {
@@ -209,8 +212,9 @@ __global__ void total_kernel(float* log_u, int64_t cols) {
 
 // codes[row] = softmax(z) (normalize) or scale * exp(z); one block per row.
 template <typename T>
-__global__ void codes_kernel(const T* __restrict__ scores, const float* __restrict__ log_u, float* __restrict__ out,
-                             int64_t cols, float eps, bool normalize, float scale) {
+__global__ void codes_kernel(const T* __restrict__ scores, const float* __restrict__ log_u,
+                             float* __restrict__ out, int64_t cols, float eps, bool normalize,
+                             float scale) {
   const int64_t row = blockIdx.x;
   float shift = 0.f;
   float factor = scale;
@@ -248,18 +252,22 @@ void dispatch_input(const at::Tensor& scores, Fn&& fn) {
       fn(scores.data_ptr<at::BFloat16>());
       break;
     default:
-      TORCH_CHECK(false, "sinkhorn: scores must be float32, float16 or bfloat16, got ", scores.scalar_type());
+      TORCH_CHECK(false, "sinkhorn: scores must be float32, float16 or bfloat16, got ",
+                  scores.scalar_type());
   }
 }
 
 // Per-row-group statistics: (G, 2, K) fp32 partials.
-at::Tensor launch_colstats(const at::Tensor& scores, const at::Tensor& log_u, float eps, bool normalize_rows) {
+at::Tensor launch_colstats(const at::Tensor& scores, const at::Tensor& log_u, float eps,
+                           bool normalize_rows) {
   const int64_t rows = scores.size(0);
   const int64_t cols = scores.size(1);
   const auto stream = at::cuda::getCurrentCUDAStream();
   if (normalize_rows) {
-    const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(4 * sm_count(), ceil_div(rows, kRowsPerBatch)));
-    const int64_t per = std::max<int64_t>(kRowsPerBatch, ceil_div(ceil_div(rows, groups), kRowsPerBatch) * kRowsPerBatch);
+    const int64_t groups =
+        std::max<int64_t>(1, std::min<int64_t>(4 * sm_count(), ceil_div(rows, kRowsPerBatch)));
+    const int64_t per = std::max<int64_t>(
+        kRowsPerBatch, ceil_div(ceil_div(rows, groups), kRowsPerBatch) * kRowsPerBatch);
     const int64_t used = std::max<int64_t>(1, ceil_div(rows, per));
     at::Tensor partial = at::empty({used, 2, cols}, scores.options().dtype(at::kFloat));
     const int threads = cols >= 4096 ? 512 : kThreads;
@@ -271,7 +279,8 @@ at::Tensor launch_colstats(const at::Tensor& scores, const at::Tensor& log_u, fl
     return partial;
   }
   const int64_t col_tiles = ceil_div(cols, kThreads);
-  const int64_t want = std::max<int64_t>(1, std::min(ceil_div(rows, 16), ceil_div(4 * sm_count(), col_tiles)));
+  const int64_t want =
+      std::max<int64_t>(1, std::min(ceil_div(rows, 16), ceil_div(4 * sm_count(), col_tiles)));
   const int64_t per = std::max<int64_t>(1, ceil_div(rows, want));
   const int64_t groups = std::max<int64_t>(1, ceil_div(rows, per));
   at::Tensor partial = at::empty({groups, 2, cols}, scores.options().dtype(at::kFloat));
@@ -283,15 +292,17 @@ at::Tensor launch_colstats(const at::Tensor& scores, const at::Tensor& log_u, fl
   return partial;
 }
 
-void launch_merge(const at::Tensor& partial, float* out, float* log_u, int mode, float log_b, float log_k) {
+void launch_merge(const at::Tensor& partial, float* out, float* log_u, int mode, float log_b,
+                  float log_k) {
   const int64_t cols = partial.size(2);
-  merge_kernel<<<unsigned(ceil_div(cols, kThreads)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      partial.data_ptr<float>(), partial.size(0), cols, out, log_u, log_b, log_k, mode);
+  merge_kernel<<<unsigned(ceil_div(cols, kThreads)), kThreads, 0,
+                 at::cuda::getCurrentCUDAStream()>>>(partial.data_ptr<float>(), partial.size(0),
+                                                     cols, out, log_u, log_b, log_k, mode);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor launch_codes(const at::Tensor& scores, const at::Tensor& log_u, float eps, bool normalize_rows,
-                        float scale) {
+at::Tensor launch_codes(const at::Tensor& scores, const at::Tensor& log_u, float eps,
+                        bool normalize_rows, float scale) {
   const int64_t rows = scores.size(0);
   const int64_t cols = scores.size(1);
   at::Tensor out = at::empty({rows, cols}, scores.options().dtype(at::kFloat));
@@ -308,22 +319,23 @@ at::Tensor launch_codes(const at::Tensor& scores, const at::Tensor& log_u, float
 void check(const at::Tensor& scores, double epsilon) {
   TORCH_CHECK(scores.dim() == 2, "sinkhorn: scores must be 2-D (B, K), got shape ", scores.sizes());
   TORCH_CHECK(scores.is_cuda(), "sinkhorn: scores must be a CUDA tensor, got ", scores.device());
-  TORCH_CHECK(std::isfinite(epsilon) && epsilon > 0, "sinkhorn: epsilon must be > 0, got ", epsilon);
+  TORCH_CHECK(std::isfinite(epsilon) && epsilon > 0, "sinkhorn: epsilon must be > 0, got ",
+              epsilon);
   TORCH_CHECK(scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kHalf ||
                   scores.scalar_type() == at::kBFloat16,
               "sinkhorn: scores must be float32, float16 or bfloat16, got ", scores.scalar_type());
 }
 
 at::Tensor float_log_u(const at::Tensor& scores, const at::Tensor& log_u) {
-  TORCH_CHECK(log_u.dim() == 1 && log_u.size(0) == scores.size(1), "sinkhorn: log_u must have shape (",
-              scores.size(1), ",), got ", log_u.sizes());
-  TORCH_CHECK(log_u.device() == scores.device(), "sinkhorn: log_u must be on ", scores.device(), ", got ",
-              log_u.device());
+  TORCH_CHECK(log_u.dim() == 1 && log_u.size(0) == scores.size(1),
+              "sinkhorn: log_u must have shape (", scores.size(1), ",), got ", log_u.sizes());
+  TORCH_CHECK(log_u.device() == scores.device(), "sinkhorn: log_u must be on ", scores.device(),
+              ", got ", log_u.device());
   return log_u.to(at::kFloat).contiguous();
 }
 
-at::Tensor sinkhorn_colstats_cuda(const at::Tensor& scores_in, const at::Tensor& log_u, double epsilon,
-                                  bool normalize_rows) {
+at::Tensor sinkhorn_colstats_cuda(const at::Tensor& scores_in, const at::Tensor& log_u,
+                                  double epsilon, bool normalize_rows) {
   check(scores_in, epsilon);
   const c10::cuda::CUDAGuard guard(scores_in.device());
   const at::Tensor scores = scores_in.contiguous();
