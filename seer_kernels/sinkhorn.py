@@ -54,6 +54,12 @@ if triton is not None:
         return tl.where(m - m == 0.0, m, 0.0)
 
     @triton.jit
+    def _rescale(run_sum, run_max, shift):
+        # sum exp(. - old shift) -> sum exp(. - shift). An empty sum (max -inf) stays 0:
+        # exp(0 - shift) overflows once the new max is below -88, and 0 * inf is NaN.
+        return tl.where(run_sum == 0.0, run_sum, run_sum * tl.exp(_finite_or_zero(run_max) - shift))
+
+    @triton.jit
     def _load_z(scores, lu, rows, cols, row_end, K, stride_b, eps):
         # z = scores / eps + log_u on a [rows, cols] tile; -inf outside, so it adds nothing.
         mask = (rows < row_end)[:, None] & (cols < K)[None, :]
@@ -79,7 +85,7 @@ if triton is not None:
             z = _load_z(scores, lu, r + tl.arange(0, BLOCK_B), cols, row_end, K, stride_b, eps)
             new_max = tl.maximum(run_max, tl.max(z, axis=0))
             shift = _finite_or_zero(new_max)
-            run_sum = run_sum * tl.exp(_finite_or_zero(run_max) - shift)
+            run_sum = _rescale(run_sum, run_max, shift)
             run_sum += tl.sum(tl.exp(z - shift[None, :]), axis=0)
             run_max = new_max
         out = partial + g * 2 * K + cols
@@ -99,7 +105,7 @@ if triton is not None:
             z = _load_z(scores, lu, rows, cols, row_end, K, stride_b, eps)
             new_max = tl.maximum(run_max, tl.max(z, axis=1))
             shift = _finite_or_zero(new_max)
-            run_sum = run_sum * tl.exp(_finite_or_zero(run_max) - shift)
+            run_sum = _rescale(run_sum, run_max, shift)
             run_sum += tl.sum(tl.exp(z - shift[:, None]), axis=1)
             run_max = new_max
         return _finite_or_zero(run_max), 1.0 / run_sum

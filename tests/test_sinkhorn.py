@@ -524,3 +524,19 @@ def test_cpp_op_argument_errors():
         ops.sinkhorn(torch.zeros(4, 3), -1.0, 3)
     with pytest.raises(RuntimeError, match="scores must be float32, float16 or bfloat16"):
         ops.sinkhorn(torch.zeros(4, 3, dtype=torch.float64), 0.05, 3)
+
+
+@pytest.mark.parametrize("backend", [b for b in sk.available_backends("cpu") if b != "reference"])
+@pytest.mark.parametrize("b", [1, 2, 9])
+@pytest.mark.parametrize("iterations", [0, 1, 3])
+def test_unpopular_prototype_column_below_exp_range(backend, b, iterations):
+    """A prototype every sample scores at -1 with eps 0.01: its column's max logit is
+    -100, below fp32 exp's range, so rescaling the empty running sum by exp(0 + 100)
+    must not turn 0 into 0 * inf = NaN (a regression seen with B = 1)."""
+    g = torch.Generator().manual_seed(b)
+    scores = torch.rand(b, 6, generator=g) * 2 - 1
+    scores[:, 2] = -1.0
+    out = sk.sinkhorn(scores, 0.01, iterations, backend=backend)
+    oracle = reference.sinkhorn(scores.double(), 0.01, iterations)
+    assert torch.isfinite(out).all()
+    assert (out.double() - oracle).abs().max() <= 2e-5 * max(1.0, oracle.abs().max().item())

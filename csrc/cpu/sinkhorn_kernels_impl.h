@@ -242,7 +242,9 @@ void plain_block(const Problem& p, const T* rows, bool more, float* buf, float* 
     const Vec shift = finite_or_zero(new_max);
     Vec sum = Vec::loadu(run_sum + j);
     if (!all_equal(old_max, new_max)) {
-      sum = sum * exp_(finite_or_zero(old_max) - shift);
+      // An empty sum (old max -inf) stays 0: exp(0 - shift) overflows once the new max
+      // is below -88, and 0 * inf would be NaN.
+      sum = Vec::blendv(sum * exp_(finite_or_zero(old_max) - shift), sum, sum == Vec(0.f));
       new_max.store(run_max + j);
     }
     Vec block_sum(0.f);

@@ -53,10 +53,16 @@ __device__ __forceinline__ float logit(const T* scores, int64_t row, int64_t col
   return __fdiv_rn(static_cast<float>(scores[row * cols + col]), eps) + log_u;
 }
 
+// s = sum exp(. - finite_or_zero(m)) rescaled to sum exp(. - shift). An empty sum
+// (m = -inf) stays 0: exp(0 - shift) overflows once shift < -88, and 0 * inf is NaN.
+__device__ __forceinline__ float rescale(float s, float m, float shift) {
+  return s == 0.f ? s : s * __expf(finite_or_zero(m) - shift);
+}
+
 // (m, s) <- (max(m, z), sum of exp(. - shift)) with the shift of the new max.
 __device__ __forceinline__ void online_add(float& m, float& s, float z) {
   if (z > m) {
-    s *= __expf(finite_or_zero(m) - finite_or_zero(z));
+    s = rescale(s, m, finite_or_zero(z));
     m = z;
   }
   s += __expf(z - finite_or_zero(m));  // NaN z: the comparison is false and s becomes NaN
@@ -65,7 +71,7 @@ __device__ __forceinline__ void online_add(float& m, float& s, float z) {
 __device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2) {
   const float mx = fmaxf(m, m2);  // ignores NaN; the sums carry it
   const float shift = finite_or_zero(mx);
-  s = s * __expf(finite_or_zero(m) - shift) + s2 * __expf(finite_or_zero(m2) - shift);
+  s = rescale(s, m, shift) + rescale(s2, m2, shift);
   m = mx;
 }
 
