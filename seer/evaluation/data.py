@@ -178,8 +178,11 @@ def _images_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def scan_labelled_folder(root: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
-    """Paths, class ids and class names of root/<class>/**/<image>; one subfolder per class."""
+def scan_labelled_folder(root: Path, min_classes: int = 2) -> tuple[list[Path], list[int], tuple[str, ...]]:
+    """Paths, class ids and class names of root/<class>/**/<image>; one subfolder per class.
+
+    A training folder needs two classes at least; a test folder may hold fewer (min_classes=1).
+    """
     if not root.exists():
         raise DataError(f"labelled folder {root} does not exist")
     if not root.is_dir():
@@ -196,7 +199,7 @@ def scan_labelled_folder(root: Path) -> tuple[list[Path], list[int], tuple[str, 
         labels += [class_id] * len(images)
     if empty:
         raise DataError(f"labelled folder {root}: class folder(s) without images: {', '.join(empty)}")
-    if len(class_dirs) < 2:
+    if len(class_dirs) < min_classes:
         found = f"one class folder ({class_dirs[0].name!r})" if class_dirs else "no class folder"
         loose = len([p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS])
         hint = f"; {loose} image(s) lie directly in it" if loose else ""
@@ -222,7 +225,7 @@ def folder_data(
         test_paths, test_labels = [paths[i] for i in test], [labels[i] for i in test]
     else:
         train_paths, train_labels = paths, labels
-        test_paths, test_ids, test_classes = scan_labelled_folder(test_root)
+        test_paths, test_ids, test_classes = scan_labelled_folder(test_root, min_classes=1)
         unknown = sorted(set(test_classes) - set(classes))
         if unknown:
             raise DataError(f"test folder {test_root} has classes not in {root}: {', '.join(unknown)}")

@@ -100,9 +100,12 @@ class RowSpace:
         else:
             eigenvalues, basis = torch.linalg.eigh(x.T @ x)
             singular = eigenvalues.clamp_min(0).sqrt()
-        # numpy.linalg.matrix_rank's tolerance, at the features' own precision: directions below
-        # it are rounding noise of the features, not signal.
-        keep = singular > singular.max() * max(n, d) * torch.finfo(features.dtype).eps
+        # numpy.linalg.matrix_rank's tolerance at the features' own precision (directions below it
+        # are rounding noise of the features), but no lower than the float64 Gram matrix resolves
+        # (its eigenvalues carry errors of eps * the largest one, so singular values of sqrt(that)).
+        size = max(n, d)
+        relative = max(size * torch.finfo(features.dtype).eps, math.sqrt(size * torch.finfo(x.dtype).eps))
+        keep = singular > singular.max() * relative
         return cls(basis=basis[:, keep].to(features.dtype), singular=singular[keep].to(features.dtype))
 
     @property
@@ -140,7 +143,8 @@ def _solve(
         max_iter=max_iter,
         history_size=20,
         tolerance_grad=tolerance,
-        tolerance_change=1e-10,
+        # Changes of loss or step below a few ulps are rounding noise: stop there, not at max_iter.
+        tolerance_change=10 * torch.finfo(coords.dtype).eps,
         line_search_fn="strong_wolfe",
     )
 
