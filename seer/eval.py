@@ -55,95 +55,129 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Linear probe, low-shot and k-NN evaluation of a trunk's frozen features, with "
-        "random-init and raw-pixel baselines (see docs/evaluation.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "random-init and raw-pixel baselines on the same splits (see docs/evaluation.md).",
     )
-    parser.add_argument(
+    add = parser.add_argument
+    add(
         "checkpoint",
         type=Path,
         help="a run folder (its newest checkpoints/step_*.pt, else backbone.pt), a training "
         "checkpoint, or an exported backbone .pt",
     )
-    data = parser.add_argument_group("data (default: the embedded digits, fixed 1258/539 split)")
-    data.add_argument(
-        "--data", default="digits", help="'digits' or a labelled folder (one subfolder per class)"
+    data = parser.add_argument_group("data (default: the embedded digits, fixed 1258/539 split)").add_argument
+    data(
+        "--data", default="digits", metavar="digits|FOLDER", help="a labelled folder: one subfolder per class"
     )
-    data.add_argument("--test-data", type=Path, help="a labelled folder used as the test split of --data")
-    data.add_argument(
-        "--test-fraction", type=float, default=0.2, help="test share of --data without --test-data"
+    data("--test-data", type=Path, metavar="FOLDER", help="labelled folder used as the test split of --data")
+    data(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        metavar="F",
+        help="test share of --data when there is no --test-data (per class, fixed seed; default 0.2)",
     )
-    data.add_argument("--train-list", type=Path, help="split file: 'path label' lines (or a .csv path,label)")
-    data.add_argument("--test-list", type=Path, help="split file of the test images, same format")
-    data.add_argument(
-        "--root", type=Path, help="base of relative paths in the split files (default: their folder)"
+    data(
+        "--train-list", type=Path, metavar="FILE", help="split file: 'path label' lines, or a .csv path,label"
     )
-    data.add_argument(
-        "--image-size", type=int, help="decode size (default: the checkpoint's data.image_size)"
+    data("--test-list", type=Path, metavar="FILE", help="split file of the test images, same format")
+    data(
+        "--root",
+        type=Path,
+        metavar="DIR",
+        help="base of relative paths in split files (default: their folder)",
     )
-    data.add_argument(
-        "--crop-size", type=int, help="centre crop (default: the checkpoint's augment.global_size)"
+    data(
+        "--image-size", type=int, metavar="PX", help="decode size (default: the checkpoint's data.image_size)"
+    )
+    data(
+        "--crop-size",
+        type=int,
+        metavar="PX",
+        help="centre crop (default: the checkpoint's augment.global_size)",
     )
 
-    model = parser.add_argument_group("model")
-    model.add_argument(
+    model = parser.add_argument_group("model").add_argument
+    model(
         "--arch",
-        help="expected timm architecture (another one is an error); needed for a "
-        "bare state dict without its .json",
+        metavar="NAME",
+        help="expected architecture (a checkpoint of another is an error); needed for a bare state dict",
     )
-    model.add_argument(
+    model(
         "--timm-kwargs",
         type=json.loads,
         default={},
-        help='timm.create_model options of a bare state dict, JSON, e.g. \'{"downsample": "avg"}\'',
+        metavar="JSON",
+        help='timm.create_model options for a bare state dict, e.g. \'{"downsample": "avg"}\'',
     )
 
-    proto = parser.add_argument_group("protocol")
-    proto.add_argument(
+    proto = parser.add_argument_group("protocol").add_argument
+    proto(
         "--fractions",
         type=float,
         nargs="+",
         default=list(Protocol.fractions),
-        help="label fractions for the linear probe",
+        metavar="F",
+        help="label fractions of the linear probe (default: 0.01 0.1 1)",
     )
-    proto.add_argument("--draws", type=int, default=Protocol.draws, help="label draws per fraction below 1")
-    proto.add_argument(
-        "--seed", type=int, default=Protocol.seed, help="seeds the draws, folds and random init"
+    proto(
+        "--draws",
+        type=int,
+        default=Protocol.draws,
+        metavar="N",
+        help="label draws per fraction below 1 (default: %(default)s)",
     )
-    proto.add_argument("--knn-k", type=int, default=Protocol.knn_k)
-    proto.add_argument("--knn-temperature", type=float, default=Protocol.knn_temperature)
-    proto.add_argument(
+    proto(
+        "--seed",
+        type=int,
+        default=Protocol.seed,
+        metavar="N",
+        help="seeds the draws, the folds and the random init (default: %(default)s)",
+    )
+    proto("--knn-k", type=int, default=Protocol.knn_k, metavar="K", help="default: %(default)s")
+    proto(
+        "--knn-temperature",
+        type=float,
+        default=Protocol.knn_temperature,
+        metavar="T",
+        help="default: %(default)s",
+    )
+    proto(
         "--weight-decays",
         type=float,
         nargs="+",
         default=list(DEFAULT_WEIGHT_DECAYS),
-        help="the probe's weight-decay sweep",
+        metavar="WD",
+        help="the probe's weight-decay sweep (default: 1e-4 1e-3 1e-2 0.1 1)",
     )
-    proto.add_argument(
+    proto(
         "--folds",
         type=int,
         default=Protocol.folds,
-        help="the held-out part for the sweep is 1/folds of the labels",
+        metavar="N",
+        help="the held-out part for the sweep is 1/N of the labels (default: %(default)s)",
     )
-    proto.add_argument(
+    proto(
         "--baselines",
         nargs="*",
         choices=BASELINES,
         default=list(BASELINES),
-        help="baselines to run next to the trunk (none: pass the flag alone)",
+        metavar="NAME",
+        help="of random, random-bn, pixels (default: all; the flag alone: none)",
     )
 
-    run = parser.add_argument_group("run")
-    run.add_argument("--out", type=Path, help="output folder (default: the run folder of the checkpoint)")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--batch-size", type=int, default=256)
-    run.add_argument("--workers", type=int, default=0, help="DataLoader workers for image files")
-    run.add_argument("--amp", action="store_true", help="bf16 autocast for feature extraction on GPU")
-    run.add_argument(
+    run = parser.add_argument_group("run").add_argument
+    run("--out", type=Path, metavar="DIR", help="output folder (default: the checkpoint's run folder)")
+    run("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: auto)")
+    run("--batch-size", type=int, default=256, metavar="N", help="default: %(default)s")
+    run("--workers", type=int, default=0, metavar="N", help="DataLoader workers for image files (default: 0)")
+    run("--amp", action="store_true", help="bf16 autocast for feature extraction on a GPU")
+    run(
         "--threads",
         type=int,
-        help="torch CPU threads (default: the checkpoint's train.threads; 0 = torch's default)",
+        metavar="N",
+        help="torch CPU threads (default: the checkpoint's train.threads; 0: torch's default)",
     )
-    run.add_argument("--no-progress", action="store_true", help="no progress bars or per-set lines")
+    run("--no-progress", action="store_true", help="no progress bars or per-set lines")
     return parser.parse_args(argv)
 
 

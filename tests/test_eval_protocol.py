@@ -56,7 +56,7 @@ def test_row_space_basis_and_singular_values() -> None:
         4, 50, generator=g, dtype=torch.float64
     )
     for x in (low_rank, low_rank.T.contiguous()):  # n < d and n > d, both of rank 4
-        space = RowSpace.of(x)
+        space = RowSpace.of(x, chunk_rows=7)  # the Gram matrix accumulated over uneven row chunks
         assert space.rank == 4
         np.testing.assert_allclose(space.basis.T @ space.basis, torch.eye(4, dtype=torch.float64), atol=1e-9)
         np.testing.assert_allclose(x @ space.basis @ space.basis.T, x, atol=1e-9)  # spans every row

@@ -86,25 +86,30 @@ class RowSpace:
     singular: Tensor  # (r,)
 
     @classmethod
-    def of(cls, features: Tensor) -> RowSpace:
+    def of(cls, features: Tensor, chunk_rows: int = 65536) -> RowSpace:
         n, d = features.shape
-        # float64: the Gram matrix squares the condition number, and these matrices are small
-        # (min(n, D) squared) next to the features themselves.
-        x = features.double()
-        # Eigen-decompose the smaller Gram matrix: min(n, D)^2 entries, one matrix product to form
-        # (a full SVD of a 1258 x 3072 matrix takes seconds; this takes a fraction of one).
+        # Eigen-decompose the smaller Gram matrix, min(n, D)^2 entries (a full SVD of 1258 x 3072
+        # pixels took five times longer here), in float64 since the Gram matrix squares the
+        # condition number. With more rows than columns it is accumulated over row chunks, so a
+        # float64 copy of a million-row feature matrix never exists.
         if n < d:
+            x = features.double()
             eigenvalues, left = torch.linalg.eigh(x @ x.T)
             singular = eigenvalues.clamp_min(0).sqrt()
             basis = x.T @ left / singular.clamp_min(torch.finfo(x.dtype).tiny)
         else:
-            eigenvalues, basis = torch.linalg.eigh(x.T @ x)
+            gram = features.new_zeros(d, d, dtype=torch.float64)
+            for chunk in features.split(chunk_rows):
+                gram += chunk.double().T @ chunk.double()
+            eigenvalues, basis = torch.linalg.eigh(gram)
             singular = eigenvalues.clamp_min(0).sqrt()
         # numpy.linalg.matrix_rank's tolerance at the features' own precision (directions below it
         # are rounding noise of the features), but no lower than the float64 Gram matrix resolves
         # (its eigenvalues carry errors of eps * the largest one, so singular values of sqrt(that)).
         size = max(n, d)
-        relative = max(size * torch.finfo(features.dtype).eps, math.sqrt(size * torch.finfo(x.dtype).eps))
+        relative = max(
+            size * torch.finfo(features.dtype).eps, math.sqrt(size * torch.finfo(torch.float64).eps)
+        )
         keep = singular > singular.max() * relative
         return cls(basis=basis[:, keep].to(features.dtype), singular=singular[keep].to(features.dtype))
 
@@ -141,7 +146,7 @@ def _solve(
         [weight, bias],
         lr=1.0,
         max_iter=max_iter,
-        history_size=20,
+        history_size=10,
         tolerance_grad=tolerance,
         # Changes of loss or step below a few ulps are rounding noise: stop there, not at max_iter.
         tolerance_change=10 * torch.finfo(coords.dtype).eps,
