@@ -15,6 +15,16 @@ from PIL import Image
 
 from seer.eval import main
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small matrices on a shared 2-core machine: a second OpenMP thread only adds waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # A small protocol: the machinery is the same as the default's, the run takes seconds.
 QUICK = ["--fractions", "0.1", "1", "--draws", "2", "--weight-decays", "1e-3", "1e-1", "--no-progress"]
 

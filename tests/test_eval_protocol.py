@@ -22,6 +22,15 @@ from seer.evaluation.probe import (
 from seer.evaluation.protocol import LabelSubsets, Protocol, evaluate_features
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small matrices on a shared 2-core machine: a second OpenMP thread only adds waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def clusters(n_per_class: int, num_classes: int, dim: int, spread: float, seed: int):
     """Gaussian blobs around random unit centres scaled by 10: separable when spread << 10."""
     g = torch.Generator().manual_seed(seed)
@@ -72,7 +81,7 @@ def test_probe_separates_clusters_even_with_one_label_per_class() -> None:
     standardize = Standardizer.fit(x)
     for fraction in (1 / 40, 1.0):
         idx = sample_per_class(y, per_class_counts(y, fraction), seed=3)
-        result = train_linear_probe(standardize(x[idx]), y[idx], 5, folds=5)
+        result = train_linear_probe(standardize(x[idx]), y[idx], 5, weight_decays=(1e-2, 1.0), folds=5)
         assert accuracy(result.probe.predict(standardize(test_x)), test_y) == 100.0
 
 
