@@ -124,15 +124,17 @@ def evaluate_features(
     start = time.perf_counter()
     # Statistics of the whole training split: no labels involved, so low-shot probes may use them,
     # and with a dozen labels they are far less noisy than statistics of the labelled subset.
-    standardize = Standardizer.fit(train_features.to(device))
-    train_x = standardize(train_features.to(device))
-    test_x = standardize(test_features.to(device))
+    # float64 for the probe: weakly regularized fits have objectives far below float32's
+    # resolution of a loss of order one (see fit_softmax_regression).
+    train_64, test_64 = train_features.to(device, torch.float64), test_features.to(device, torch.float64)
+    standardize = Standardizer.fit(train_64)
+    train_x, test_x = standardize(train_64), standardize(test_64)
     # Exact shrink when the features span fewer dimensions than they have (raw pixels of upsampled
     # digits: rank ~61 in 3072): every probe's weights lie in the span of the training rows, so
     # each fit's own RowSpace then starts from r columns instead of D.
     space = RowSpace.of(train_x)
     if space.rank < train_x.shape[1]:
-        train_x, test_x = train_x @ space.basis, test_x @ space.basis
+        train_x, test_x = space.coords(train_x), space.coords(test_x)
     train_y, test_y = train_labels.to(device), test_labels.to(device)
     jobs = [(f, i, idx) for f, draws in subsets.by_fraction.items() for i, idx in enumerate(draws)]
     scores = {f: FractionScore(f, subsets.num_labels(f), [], []) for f in subsets.by_fraction}
