@@ -57,6 +57,7 @@ def test_end_to_end_on_the_trainers_checkpoint(
     record = json.loads((tmp_path / "eval.json").read_text())
     names = [r["name"] for r in record["results"]]
     assert names == ["SwAV trunk", "random init", "random init, BN re-estimated", "raw pixels"]
+    assert [r["baseline"] for r in record["results"]] == [False, True, True, True]
     assert record["source"].endswith(".pt") and record["arch"] == "regnetx_002"
     assert record["data"]["train"] == 1258 and record["protocol"]["draws"] == 2
     acc = {r["name"]: r["probe"]["100%"]["mean"] for r in record["results"]}

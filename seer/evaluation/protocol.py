@@ -40,7 +40,7 @@ class Protocol:
     weight_decays: tuple[float, ...] = DEFAULT_WEIGHT_DECAYS
     folds: int = 5  # the held-out part for the weight-decay choice is 1/folds of the labels ...
     min_held_out: int = 200  # ... and further folds are held out in turn until this many are scored
-    max_iter: int = 200  # L-BFGS iterations per fit
+    max_iter: int = 200  # iterations per fit (L-BFGS; Newton needs ~8)
 
     def __post_init__(self) -> None:
         if not self.fractions:
@@ -98,6 +98,7 @@ class FeatureResult:
     name: str
     dim: int
     probe: list[FractionScore] = field(default_factory=list)
+    baseline: bool = False  # drawn dashed in the plot
     knn: float = float("nan")
     seconds: dict[str, float] = field(default_factory=dict)
 

@@ -83,7 +83,16 @@ def to_json(report: EvalReport) -> dict[str, Any]:
             }
             for s in r.probe
         }
-        results.append({"name": r.name, "dim": r.dim, "probe": probe, "knn": r.knn, "seconds": r.seconds})
+        results.append(
+            {
+                "name": r.name,
+                "baseline": r.baseline,
+                "dim": r.dim,
+                "probe": probe,
+                "knn": r.knn,
+                "seconds": r.seconds,
+            }
+        )
     return {
         "source": report.source,
         "data": report.data,
@@ -114,6 +123,8 @@ def plot(report: EvalReport, path: Path) -> None:
             capsize=3,
             color=color,
             label=result.name,
+            linestyle="--" if result.baseline else "-",
+            linewidth=1.2 if result.baseline else 2.2,
         )
         if not math.isnan(result.knn):
             ax.plot([1.0], [result.knn], marker="*", markersize=13, color=color, linestyle="none")
@@ -123,7 +134,9 @@ def plot(report: EvalReport, path: Path) -> None:
     ax.minorticks_off()
     ax.set_xlabel("labelled training images (fraction, count)")
     ax.set_ylabel("top-1 accuracy on the test split (%)")
-    ax.set_title(f"{report.data['name']}: linear probe (lines, mean ± std) and k-NN (stars)")
+    ax.set_title(
+        f"{report.data['name']}: linear probe (mean ± std over draws; dashed: baselines), k-NN (stars)"
+    )
     ax.grid(True, alpha=0.3)
     handles, _ = ax.get_legend_handles_labels()
     star = Line2D([], [], marker="*", markersize=11, color="gray", linestyle="none", label="k-NN, all labels")

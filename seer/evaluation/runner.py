@@ -110,7 +110,7 @@ def run_evaluation(
         model = build()
         features = {}
         for split, dataset in (("train", data.train), ("test", data.test)):
-            features[split], _ = extract_features(
+            features[split], labels = extract_features(
                 model,
                 dataset,
                 batch_size=extraction.batch_size,
@@ -120,6 +120,9 @@ def run_evaluation(
                 desc=f"{NAMES[key]}: {split} features",
                 progress=extraction.progress,
             )
+            expected = data.train_labels if split == "train" else data.test_labels
+            if not torch.equal(labels, expected):  # a dataset whose order or labels drift
+                raise RuntimeError(f"{split} split: the dataset's labels differ from EvalData's")
         seconds_features = time.perf_counter() - t0
         del model
         name = ssl_name if key == "ssl" else NAMES[key]
@@ -136,6 +139,7 @@ def run_evaluation(
             progress=extraction.progress,
         )
         result.seconds = {"features": seconds_features, **result.seconds}
+        result.baseline = key != "ssl"
         results.append(result)
         scores = ", ".join(f"{s.fraction:g}: {s.mean:.1f}" for s in result.probe)
         _log(
