@@ -129,7 +129,8 @@ class TrainConfig:
     # auto: bf16 autocast on GPU, fp32 on CPU. fp16 adds a GradScaler.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_checkpointing: bool = False
-    channels_last: bool = False
+    # NHWC: on the CPU it halves the convolution backward of the default (oneDNN).
+    channels_last: bool = True
     compile: bool = False
     sync_bn: bool = False
     # Stop on a non-finite loss (naming the step and last checkpoint) unless this is set,

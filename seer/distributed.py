@@ -112,10 +112,17 @@ def wrap(model: nn.Module, cfg: Config, info: DistInfo, precision: str) -> nn.Mo
 
         low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32 if low else None)
+        fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+        if low is not None:
+            # BatchNorm keeps fp32 parameters next to its fp32 running statistics (VISSL's
+            # auto_wrap_bn): each BN is its own small fp32 unit; autocast (enabled by the
+            # loop) casts the activations back to bf16 for the next convolution.
+            for bn in [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]:
+                fully_shard(bn, mp_policy=fp32)
         for unit in _fsdp_units(model):
             fully_shard(unit, mp_policy=policy)
         # Prototypes stay fp32 in compute and reduction (VISSL found this matters).
-        fully_shard(model.prototypes, mp_policy=MixedPrecisionPolicy(param_dtype=torch.float32))
+        fully_shard(model.prototypes, mp_policy=fp32)
         fully_shard(model, mp_policy=policy)
         return model
     if info.mode == "ddp":

@@ -2,7 +2,7 @@
 
     backbone = build_backbone("regnety_320")          # timm, num_classes=0: pooled features
     model = build_model(cfg.model)                     # SwAVModel(backbone, head, prototypes)
-    z, scores, queue_scores = model(crops_by_resolution, queue_embeddings)
+    z, scores = model(crops_by_resolution, queue_embeddings)   # scores: batch rows, then queue rows
 
 The trunk is timm's (it carries the SEER RegNetY configurations regnety_320 ... regnety_2560
 and stage-level gradient checkpointing); nothing here re-implements a RegNet.
@@ -14,7 +14,6 @@ from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seer.config import ModelConfig
@@ -47,11 +46,13 @@ def build_backbone(arch: str, **timm_kwargs: Any) -> nn.Module:
 
 
 class SwAVModel(nn.Module):
-    """Trunk -> projection head -> L2-normalized embedding z -> prototype scores.
+    """Trunk -> projection head -> embedding z -> prototype scores.
 
     Crops come grouped by resolution so the trunk runs once per resolution. The queue's
     embeddings go through the prototypes in the same call as the batch (one matmul, one
-    FSDP unshard) and come back detached: they only feed the Sinkhorn codes.
+    FSDP unshard): `forward` returns z (N, D) and the scores (N + Q, K) of the N crop rows
+    followed by the Q queue rows; the caller detaches the queue rows (they only feed the
+    Sinkhorn). Returning whole tensors, not slices, keeps FSDP's backward hooks safe.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, prototypes: nn.Module) -> None:
@@ -62,17 +63,16 @@ class SwAVModel(nn.Module):
 
     def forward(
         self, crops: list[torch.Tensor], queue: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         features = torch.cat([self.backbone(x) for x in crops])
-        z = F.normalize(self.head(features).float(), dim=1)
+        z = self.head(features).float()
         rows = z if queue is None else torch.cat([z, queue.to(z.dtype)])
         # Prototype scores in fp32 whatever the autocast policy: the Sinkhorn at eps 0.05
         # and the softmax at T 0.1 amplify bf16 rounding (VISSL keeps this layer in fp32).
+        # The prototypes normalize both operands inside the fused op (cosine scores).
         with torch.autocast(device_type=rows.device.type, enabled=False):
             scores = self.prototypes(rows)
-        n = z.shape[0]
-        queue_scores = None if queue is None else scores[n:].detach()
-        return z, scores[:n], queue_scores
+        return z, scores
 
 
 def build_model(cfg: ModelConfig) -> SwAVModel:

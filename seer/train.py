@@ -20,6 +20,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,11 @@ class Trainer:
         configure_torch(cfg)
         self.device = self.info.device
         self.precision = resolve_precision(cfg, self.device)
+        if self.device.type == "cpu" and self.precision != "fp32" and cfg.train.channels_last:
+            # torch 2.14's oneDNN returns non-finite weight gradients, at random, for strided
+            # grouped bf16 convolutions in NHWC on the CPU (reproduced in isolation).
+            warnings.warn("train.channels_last is disabled for low precision on the CPU", stacklevel=2)
+            cfg.train.channels_last = False
         if self.precision == "fp16" and self.info.mode == "fsdp":
             raise ConfigError("train.precision=fp16 is not supported with distributed=fsdp; use bf16")
         if cfg.optimizer.sharded and self.info.mode == "fsdp":
@@ -138,7 +144,9 @@ class Trainer:
     def _build_model(self):
         cfg = self.cfg
         model = build_model(cfg.model).to(self.device)
-        if cfg.train.channels_last:
+        if cfg.train.channels_last and self.info.mode != "fsdp":
+            # FSDP2 shards only contiguous parameters; under FSDP the inputs alone are NHWC,
+            # which the convolutions follow.
             model = model.to(memory_format=torch.channels_last)
         if cfg.train.grad_checkpointing:
             model.backbone.set_grad_checkpointing(True)
@@ -247,7 +255,9 @@ class Trainer:
     # -------------------------------------------------------------- one step
 
     def _autocast(self):
-        if self.precision in ("bf16", "fp16") and self.info.mode != "fsdp":
+        # Also under FSDP's bf16 policy: autocast casts activations at the boundaries of
+        # the fp32 units (BatchNorm, prototypes).
+        if self.precision in ("bf16", "fp16"):
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
             return torch.autocast(self.device.type, dtype=dtype)
         return contextlib.nullcontext()
@@ -271,9 +281,10 @@ class Trainer:
         queue_in = self.queue.embeddings.reshape(-1, self.queue.embeddings.shape[-1]) if use_queue else None
         timer.mark("data")
         with self._autocast():
-            z, scores, queue_scores = self.model(crops, queue_in)
+            z, all_scores = self.model(crops, queue_in)
         timer.mark("forward")
-        k = scores.shape[1]
+        n, k = z.shape[0], all_scores.shape[1]
+        scores, queue_scores = all_scores[:n], (all_scores[n:].detach() if use_queue else None)
         loss = swav_loss(
             scores.view(self.n_crops, b, k),
             self.n_global,

@@ -272,3 +272,31 @@ def test_multicrop_groups_shapes_and_determinism():
     # Crops of one sample differ from each other (per-sample parameters).
     assert not torch.allclose(a[0][0], a[0][3])
     assert all(torch.isfinite(t).all() for t in a)
+
+
+def test_training_on_a_hostile_folder_reports_skips(tmp_path):
+    """Every bad file kind of the issue in one folder: training runs (with a DataLoader
+    worker process) and the skips reach the metrics and the summary."""
+    from seer.train import train
+
+    images = tmp_path / "images"
+    make_hostile_folder(images)
+    run = tmp_path / "run"
+    overrides = [
+        f"run_dir={run}",
+        "data.source=folder",
+        f"data.path={images}",
+        "data.num_workers=1",
+        "train.batch_size=10",
+        "train.max_steps=4",  # two epochs of 2 batches: 40 reads of 23 files
+        "train.log_every=1",
+        "train.progress=false",
+        "train.export_backbone=false",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = train(load_config(None, overrides))
+    assert summary["step"] == 4 and math.isfinite(summary["final_loss"])
+    assert summary["skipped_images"] >= 1
+    last = (run / "metrics.jsonl").read_text().splitlines()[-1]
+    assert f'"skipped_images": {summary["skipped_images"]}' in last

@@ -225,6 +225,13 @@ WORKER = textwrap.dedent(
     gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, flat)
     proto = trainer.raw.prototypes.heads[0].weight
+    seen = {}
+    def record(module, inputs, output):
+        seen["trunk"] = f"{output.dtype} {module.weight.dtype}"
+
+    trainer.raw.backbone.stem.conv.register_forward_hook(record)
+    with torch.no_grad(), trainer._autocast():
+        _, scores = trainer.model([torch.randn(4, 3, 32, 32)])
     if dist.get_rank() == 0:
         json.dump({
             "max_diff": max(float((g - gathered[0]).abs().max()) for g in gathered),
@@ -234,6 +241,8 @@ WORKER = textwrap.dedent(
             "world": dist.get_world_size(),
             "mode": trainer.info.mode,
             "proto_dtype": str(getattr(proto, "_local_tensor", proto).dtype),
+            "scores_dtype": str(scores.dtype),
+            "trunk_dtype": seen["trunk"],
             "optimizer": type(trainer.optimizer).__name__,
         }, open(out, "w"))
     dist.destroy_process_group()
@@ -275,9 +284,36 @@ def test_ddp_with_sharded_lars_two_processes(tmp_path):
 
 
 def test_fsdp2_two_processes(tmp_path):
-    result = _torchrun(tmp_path, "distributed=fsdp", "optimizer.name=lars", "optimizer.lr=0.5")
+    result = _torchrun(
+        tmp_path, "distributed=fsdp", "train.precision=bf16", "optimizer.name=lars", "optimizer.lr=0.5"
+    )
     assert result["world"] == 2 and result["mode"] == "fsdp" and result["step"] == 3
     assert math.isfinite(result["loss"]) and result["max_diff"] == 0.0
-    assert result["proto_dtype"] == "torch.float32"
+    # bf16 mixed precision in the trunk, the prototypes (and so the loss) in fp32.
+    assert result["trunk_dtype"] == "torch.bfloat16 torch.bfloat16"  # a convolution and its gathered weight
+    assert result["proto_dtype"] == result["scores_dtype"] == "torch.float32"
     state = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path / "run", 3))
     assert state["model"]["prototypes.heads.0.weight"].shape == (64, 128)  # saved unsharded
+
+
+# ------------------------------------------------------------------------ options
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("train.precision=bf16",),
+        ("train.precision=fp16",),  # GradScaler path (CPU GradScaler)
+        ("train.grad_checkpointing=true", "train.channels_last=false"),
+        ("optimizer.name=sgd", "optimizer.lr=0.1", "optimizer.grad_clip=1.0", "optimizer.warmup_steps=1"),
+        ("distributed=fsdp",),  # a one-process group: the FSDP2 code path without spawning
+    ],
+    ids=["bf16", "fp16", "checkpointing", "sgd-clip", "fsdp-1proc"],
+)
+def test_training_options_run(tmp_path, options):
+    summary = train(small_cfg(tmp_path, "train.max_steps=2", "train.export_backbone=false", *options))
+    assert summary["step"] == 2 and math.isfinite(summary["final_loss"])
+    state = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path, 2))
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    if "train.precision=fp16" in options:
+        assert state["scaler"] is not None and state["scaler"]["scale"] > 0
