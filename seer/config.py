@@ -53,6 +53,9 @@ class SwAVConfig:
     queue_start_epoch: int = 15
     # Prototypes receive no update for the first N optimizer steps (SwAV: one epoch).
     freeze_prototypes_steps: int = 100
+    # seer_kernels backend of the SwAV ops: "" picks the fastest available (reference,
+    # cpu, cuda, triton); naming one forces it (e.g. reference, to compare).
+    backend: str = ""
 
 
 @dataclass
@@ -348,6 +351,10 @@ def validate(cfg: Config) -> None:
         (cfg.model.n_prototypes >= 2, "model.n_prototypes must be >= 2"),
         (cfg.swav.temperature > 0 and cfg.swav.sinkhorn_epsilon > 0, "swav temperature/epsilon must be > 0"),
         (cfg.swav.queue_length >= 0, "swav.queue_length must be >= 0"),
+        (
+            cfg.swav.backend in ("", "reference", "cpu", "cuda", "triton"),
+            f"swav.backend must be '' (fastest) or one of reference, cpu, cuda, triton; got {cfg.swav.backend!r}",
+        ),
         (cfg.train.keep_last >= 1, "train.keep_last must be >= 1"),
         (
             cfg.data.source != "webdataset" or cfg.data.epoch_size > 0,

@@ -75,7 +75,7 @@ class SwAVModel(nn.Module):
         return z, scores
 
 
-def build_model(cfg: ModelConfig) -> SwAVModel:
+def build_model(cfg: ModelConfig, backend: str | None = None) -> SwAVModel:
     backbone = build_backbone(cfg.arch, **cfg.timm_kwargs)
     head = SwAVProjectionHead(
         input_dim=backbone.num_features,
@@ -86,7 +86,9 @@ def build_model(cfg: ModelConfig) -> SwAVModel:
     )
     # Freezing is done by the training loop (gradients dropped before the optimizer step),
     # which keeps the set of parameters that receive gradients fixed, as DDP requires.
-    prototypes = SwAVPrototypes(cfg.head_output_dim, cfg.n_prototypes, n_steps_frozen_prototypes=0)
+    prototypes = SwAVPrototypes(
+        cfg.head_output_dim, cfg.n_prototypes, n_steps_frozen_prototypes=0, backend=backend
+    )
     return SwAVModel(backbone, head, prototypes)
 
 

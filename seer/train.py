@@ -143,7 +143,7 @@ class Trainer:
 
     def _build_model(self):
         cfg = self.cfg
-        model = build_model(cfg.model).to(self.device)
+        model = build_model(cfg.model, backend=cfg.swav.backend or None).to(self.device)
         if cfg.train.channels_last and self.info.mode != "fsdp":
             # FSDP2 shards only contiguous parameters; under FSDP the inputs alone are NHWC,
             # which the convolutions follow.
@@ -293,6 +293,7 @@ class Trainer:
             sinkhorn_epsilon=cfg.swav.sinkhorn_epsilon,
             queue_scores=None if queue_scores is None else queue_scores.view(self.n_global, -1, k),
             process_group="world" if self.info.world > 1 else None,
+            backend=cfg.swav.backend or None,
         )
         loss_value = float(loss.detach())
         timer.mark("loss")

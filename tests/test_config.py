@@ -79,6 +79,8 @@ def test_wrong_type_is_a_clear_error(override, expected):
 def test_value_checks():
     with pytest.raises(ConfigError, match="train.batch_size must be >= 1"):
         load_config(None, ["train.batch_size=0"])
+    with pytest.raises(ConfigError, match="swav.backend must be"):
+        load_config(None, ["swav.backend=fast"])
     with pytest.raises(ConfigError, match="data.epoch_size"):
         load_config(None, ["data.source=webdataset", "data.path=x.tar"])
 
