@@ -109,11 +109,17 @@ class MetricsLog:
 
 
 def read_metrics(path: Path, upto_step: int | None = None) -> list[dict]:
-    """Records of metrics.jsonl; after a resume, records beyond the resumed step (written
-    after the checkpoint by the interrupted run) are superseded by the new ones."""
+    """Records of metrics.jsonl, one per step: after a resume, the records an interrupted
+    run wrote beyond its last checkpoint are superseded by the new ones; a line cut short
+    by a killed process is ignored."""
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a killed process
+            continue
     by_step: dict[int, dict] = {}
     for r in records:
         if "loss" in r and (upto_step is None or r["step"] <= upto_step):

@@ -4,6 +4,7 @@ linear-warmup + cosine learning-rate schedule."""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -64,7 +65,13 @@ def build_optimizer(cfg: OptimizerConfig, model: nn.Module, lr: float) -> torch.
     biases too). Build it after DDP/FSDP wrapping: FSDP2 replaces the parameters."""
     cls, kwargs = _optimizer_class(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.sharded:
+    if cfg.sharded and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        # One process: nothing to shard over (the SEER configs ask for it and must still
+        # run on a single GPU for a try).
+        warnings.warn(
+            "optimizer.sharded needs torch.distributed (torchrun); using the plain optimizer", stacklevel=2
+        )
+    elif cfg.sharded:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
         return ZeroRedundancyOptimizer(params, optimizer_class=cls, lr=lr, **kwargs)

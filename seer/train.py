@@ -34,7 +34,15 @@ from seer.augment import MultiCrop
 from seer.config import Config, ConfigError, load_config, save_config, to_dict
 from seer.data import Shard, build_source
 from seer.models import build_model, parameter_counts
-from seer.monitor import MetricsLog, PhaseTimer, format_summary, peak_memory_mb, plot, prototype_stats
+from seer.monitor import (
+    MetricsLog,
+    PhaseTimer,
+    format_summary,
+    peak_memory_mb,
+    plot,
+    prototype_stats,
+    read_metrics,
+)
 from seer.optim import build_optimizer, build_schedule, set_lr
 from seer_kernels.swav import SwAVQueue, swav_loss
 
@@ -391,6 +399,7 @@ class Trainer:
                     )
                     if want_stats:
                         self._log(log, window, out, lr, rate)
+                        timer.collect()  # CUDA: read the phase events (one sync per log)
                     if self._checkpoint_due(epoch) or self.step >= stop:
                         self.save_checkpoint()
                     if self.step >= stop or self.epoch != epoch:
@@ -453,11 +462,7 @@ class Trainer:
             **self.counters,
         }
         if self.info.is_main:
-            records = (
-                [json.loads(x) for x in (self.run_dir / "metrics.jsonl").read_text().splitlines()]
-                if (self.run_dir / "metrics.jsonl").is_file()
-                else []
-            )
+            records = read_metrics(self.run_dir / "metrics.jsonl")
             if records:
                 summary.update(
                     proto_usage=records[-1].get("proto_usage"), proto_spread=records[-1].get("proto_spread")

@@ -307,8 +307,9 @@ def test_fsdp2_two_processes(tmp_path):
         ("train.grad_checkpointing=true", "train.channels_last=false"),
         ("optimizer.name=sgd", "optimizer.lr=0.1", "optimizer.grad_clip=1.0", "optimizer.warmup_steps=1"),
         ("distributed=fsdp",),  # a one-process group: the FSDP2 code path without spawning
+        ("optimizer.sharded=true", "optimizer.name=lars"),  # one process: plain LARS, warned
     ],
-    ids=["bf16", "fp16", "checkpointing", "sgd-clip", "fsdp-1proc"],
+    ids=["bf16", "fp16", "checkpointing", "sgd-clip", "fsdp-1proc", "sharded-1proc"],
 )
 def test_training_options_run(tmp_path, options):
     summary = train(small_cfg(tmp_path, "train.max_steps=2", "train.export_backbone=false", *options))
