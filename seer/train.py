@@ -443,6 +443,12 @@ class Trainer:
             f"mode {self.info.mode}, run_dir {self.run_dir}",
             file=sys.stderr,
         )
+        if self.step >= self._stop_step():
+            print(
+                f"seer-train: {self.run_dir} is already at step {self.step} of {self.total_steps}: nothing to "
+                "train (use another run_dir, or delete this one, for a fresh run)",
+                file=sys.stderr,
+            )
 
     def _finish(self, start_step: int, wall: float, timer: PhaseTimer) -> dict:
         times = timer.collect()
