@@ -1,0 +1,379 @@
+"""Image sources for pretraining, split across ranks, with an exact data position.
+
+  digits      scikit-learn's load_digits (1797 real 8x8 handwritten digits shipped inside
+              scikit-learn), upsampled, held in memory; labels are never returned.
+  folder      any directory, searched recursively, labels ignored (uncurated, like SEER's).
+  webdataset  tar shards (paths, brace patterns, or anything webdataset.gopen opens),
+              streamed, split across ranks and DataLoader workers.
+
+Every source yields batches of (B, 3, S, S) images (float in [0, 1] for digits, uint8 for
+decoded files: four times less to move to the device) plus the number of samples skipped
+while building the batch. Unreadable images (corrupt, truncated, zero bytes, not an image)
+are skipped with a warning and counted, never a crash; a missing or empty source is a
+clear error naming the path.
+
+Data position: batch `i` of epoch `e` is a pure function of (seed, e, i, rank), so a
+checkpoint stores (epoch, batch index) and a resumed run continues with the next batch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from seer.config import ConfigError, DataConfig
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+# Warn for the first few unreadable images of a worker, then only every Nth: a billion-
+# image run with a small fraction of bad files must not drown its log.
+_WARN_FIRST, _WARN_EVERY = 20, 1000
+
+Batch = tuple[torch.Tensor, int]
+
+
+@dataclass
+class Shard:
+    """Where this process sits among the consumers of a source."""
+
+    rank: int = 0
+    world: int = 1
+
+
+# ------------------------------------------------------------------------ decoding
+
+
+class UnreadableImage(Exception):
+    pass
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: 16-bit and 32-bit grayscale are rescaled (PIL's own
+    convert clips them to white), alpha is composited over white, CMYK/P/L converted."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or (img.mode == "I" and a.max() > 255):
+            hi = 65535.0  # 16-bit samples (PIL opens 16-bit PNGs as I;16 or I)
+        elif img.mode == "I":
+            hi = 255.0
+        else:  # float images: scale the largest value to white
+            hi = max(float(a.max()), 1e-12)
+        img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def decode_image(data: str | Path | bytes, size: int) -> torch.Tensor:
+    """A file path or encoded bytes -> (3, size, size) uint8: shorter side resized to
+    `size`, centre crop. Raises UnreadableImage for anything that is not a readable image."""
+    try:
+        source = io.BytesIO(data) if isinstance(data, bytes) else data
+        with Image.open(source) as img:
+            img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when larger
+            img.load()  # decode now: truncated or corrupt data raises here, not later
+            img = ImageOps.exif_transpose(_to_rgb(img))
+            img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError, IndexError) as exc:
+        raise UnreadableImage(f"{type(exc).__name__}: {exc}") from None
+    if array.shape != (size, size, 3):
+        raise UnreadableImage(f"decoded to shape {array.shape}")
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+class SkipLog:
+    """Counts skipped samples and rate-limits the warnings about them (per process)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def skip(self, what: str, reason: str) -> None:
+        self.count += 1
+        if self.count <= _WARN_FIRST or self.count % _WARN_EVERY == 0:
+            more = f" (skipped {self.count} so far in this process)" if self.count >= _WARN_FIRST else ""
+            warnings.warn(f"skipping unreadable image {what}: {reason}{more}", stacklevel=2)
+
+
+# ------------------------------------------------------------------------ epoch order
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of sample indices for an epoch, identical on every rank."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
+def rank_batches(n: int, batch: int, shard: Shard, seed: int, epoch: int, start: int) -> Iterator[list[int]]:
+    """Index lists of this rank's batches of an epoch, from batch `start` on. The global
+    batch is batch * world; the last incomplete global batch is dropped."""
+    order = epoch_order(n, seed, epoch)
+    global_batch = batch * shard.world
+    for i in range(start, n // global_batch):
+        lo = i * global_batch + shard.rank * batch
+        yield order[lo : lo + batch].tolist()
+
+
+# ------------------------------------------------------------------------ digits
+
+
+def digits_images(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1797 handwritten digits as (N, 3, size, size) float in [0, 1]
+    (ink bright on black, bilinear upsampling) and their (N,) labels. The trainer never
+    looks at the labels; the evaluation uses them."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.images).float().div(16.0).unsqueeze(1)
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.clamp(0, 1).expand(-1, 3, -1, -1).contiguous(), torch.from_numpy(digits.target)
+
+
+class DigitsSource:
+    def __init__(self, cfg: DataConfig, batch: int, shard: Shard, seed: int) -> None:
+        self.images, _ = digits_images(cfg.image_size)
+        self.batch, self.shard, self.seed = batch, shard, seed
+        self.description = f"digits ({len(self.images)} images, {cfg.image_size} px)"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.images) // (self.batch * self.shard.world)
+
+    def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
+        for idx in rank_batches(len(self.images), self.batch, self.shard, self.seed, epoch, start):
+            yield self.images[idx], 0
+
+
+# ------------------------------------------------------------------------ folder
+
+
+def list_images(root: str | Path) -> list[str]:
+    """Image files under `root`, recursively, sorted; follows directory symlinks but never
+    twice into the same directory (no symlink loops); unreadable directories are warned
+    about and skipped."""
+    root = Path(root)
+    if not root.exists():
+        raise ConfigError(f"data.path {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise ConfigError(f"data.path {str(root)!r} is not a directory (data.source=folder)")
+    seen: set[tuple[int, int]] = set()
+    files = []
+
+    def on_error(err: OSError) -> None:
+        warnings.warn(f"skipping unreadable directory {err.filename}: {err.strerror}", stacklevel=2)
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=on_error):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        files += [os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not files:
+        raise ConfigError(
+            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under data.path {str(root)!r}"
+        )
+    return sorted(files)
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Decodes file i; an unreadable file is replaced by the next readable one (so the
+    batch keeps its size and the replacement is deterministic) and counted."""
+
+    def __init__(self, files: list[str], size: int, max_failures: int) -> None:
+        self.files, self.size, self.max_failures = files, size, max_failures
+        self.log = SkipLog()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        for attempt in range(min(self.max_failures, len(self.files))):
+            path = self.files[(index + attempt) % len(self.files)]
+            try:
+                return decode_image(path, self.size), attempt
+            except UnreadableImage as exc:
+                self.log.skip(path, str(exc))
+            except OSError as exc:  # vanished or unreadable since listing
+                self.log.skip(path, f"{type(exc).__name__}: {exc}")
+        raise RuntimeError(
+            f"no readable image in {min(self.max_failures, len(self.files))} consecutive files "
+            f"from {self.files[index]!r}: is data.path {os.path.dirname(self.files[index])!r} an image folder?"
+        )
+
+
+def collate(items: list[tuple[torch.Tensor, int]]) -> Batch:
+    return torch.stack([x for x, _ in items]), sum(n for _, n in items)
+
+
+class _OffsetBatches(torch.utils.data.Sampler):
+    def __init__(self, batches: list[list[int]]) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class FolderSource:
+    def __init__(self, cfg: DataConfig, batch: int, shard: Shard, seed: int) -> None:
+        self.files = list_images(cfg.path)
+        self.cfg, self.batch, self.shard, self.seed = cfg, batch, shard, seed
+        self.dataset = FolderDataset(self.files, cfg.image_size, cfg.max_consecutive_failures)
+        self.description = f"folder {cfg.path} ({len(self.files)} files, {cfg.image_size} px)"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.files) // (self.batch * self.shard.world)
+
+    def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
+        batches = list(rank_batches(len(self.files), self.batch, self.shard, self.seed, epoch, start))
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=_OffsetBatches(batches),
+            num_workers=self.cfg.num_workers,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available(),
+        )
+        yield from loader
+
+
+# ------------------------------------------------------------------------ webdataset
+
+
+def expand_shards(spec: str) -> list[str]:
+    """Comma-separated paths or brace patterns -> shard URLs; local files must exist."""
+    from braceexpand import braceexpand
+
+    urls = [u for part in spec.split(",") if part.strip() for u in braceexpand(part.strip())]
+    if not urls:
+        raise ConfigError(f"data.path {spec!r} names no shards")
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    missing = [u for u in local if not os.path.isfile(u)]
+    if missing:
+        raise ConfigError(
+            f"{len(missing)} of {len(urls)} shards of data.path {spec!r} do not exist, e.g. {missing[0]!r}"
+        )
+    return urls
+
+
+def tar_samples(url: str, log: SkipLog) -> Iterator[tuple[str, bytes]]:
+    """(key, image bytes) of one shard, WebDataset layout (files grouped by the name up to
+    the first dot of the basename); a truncated or corrupt shard ends early, counted."""
+    import webdataset as wds
+
+    key, image = None, None
+    try:
+        with wds.gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = os.path.basename(member.name)
+                prefix = os.path.join(os.path.dirname(member.name), base.split(".", 1)[0])
+                ext = base.split(".", 1)[1].lower() if "." in base else ""
+                if prefix != key:
+                    if image is not None:
+                        yield key, image
+                    key, image = prefix, None
+                if "." + ext in IMAGE_EXTENSIONS and image is None:
+                    image = tar.extractfile(member).read()
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        log.skip(f"shard {url} (after {key})", f"{type(exc).__name__}: {exc}")
+        return
+    if image is not None:
+        yield key, image
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Endless stream of decoded samples for one (rank, worker) slot of an epoch.
+
+    With at least as many shards as slots (ranks x workers), each slot reads its own
+    shards (shuffled per epoch); with fewer, every slot reads all shards and keeps every
+    n-th sample. Shards are cycled, so an epoch is a sample count, not a pass."""
+
+    def __init__(self, urls: list[str], size: int, shard: Shard, seed: int, epoch: int) -> None:
+        super().__init__()
+        self.urls, self.size, self.shard, self.seed, self.epoch = urls, size, shard, seed, epoch
+
+    def _slot(self) -> tuple[int, int]:
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        return self.shard.rank * workers + worker, self.shard.world * workers
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        slot, n_slots = self._slot()
+        log, reported, cycle = SkipLog(), 0, 0
+        while True:
+            order = [self.urls[i] for i in epoch_order(len(self.urls), self.seed + cycle, self.epoch)]
+            mine, stride = (order[slot::n_slots], 1) if len(order) >= n_slots else (order, n_slots)
+            produced = False
+            for url in mine:
+                for i, (key, data) in enumerate(tar_samples(url, log)):
+                    if stride > 1 and i % stride != slot:
+                        continue
+                    try:
+                        sample = decode_image(data, self.size)
+                    except UnreadableImage as exc:
+                        log.skip(f"{url}:{key}", str(exc))
+                        continue
+                    produced = True
+                    yield sample, log.count - reported
+                    reported = log.count
+            if not produced:
+                raise RuntimeError(f"no readable image in the shards of this worker: {mine[:3]}")
+            cycle += 1
+
+
+class WebDatasetSource:
+    def __init__(self, cfg: DataConfig, batch: int, shard: Shard, seed: int) -> None:
+        self.urls = expand_shards(cfg.path)
+        self.cfg, self.batch, self.shard, self.seed = cfg, batch, shard, seed
+        self.description = f"webdataset {cfg.path} ({len(self.urls)} shards, {cfg.epoch_size} samples/epoch)"
+
+    def __len__(self) -> int:
+        return self.cfg.epoch_size
+
+    def steps_per_epoch(self) -> int:
+        return self.cfg.epoch_size // (self.batch * self.shard.world)
+
+    def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
+        stream = ShardStream(self.urls, self.cfg.image_size, self.shard, self.seed, epoch)
+        loader = torch.utils.data.DataLoader(
+            stream, batch_size=self.batch, num_workers=self.cfg.num_workers, collate_fn=collate
+        )
+        # Streams cannot seek: a resumed epoch reads and drops the batches already used.
+        for i, batch in enumerate(loader):
+            if i >= self.steps_per_epoch():
+                return
+            if i >= start:
+                yield batch
+
+
+def build_source(cfg: DataConfig, batch: int, shard: Shard, seed: int):
+    sources = {"digits": DigitsSource, "folder": FolderSource, "webdataset": WebDatasetSource}
+    if cfg.source != "digits" and not cfg.path:
+        raise ConfigError(f"data.path is required for data.source={cfg.source} (e.g. data.path=/data/images)")
+    source = sources[cfg.source](cfg, batch, shard, seed)
+    if source.steps_per_epoch() < 1:
+        raise ConfigError(
+            f"{source.description}: fewer samples than one global batch "
+            f"({batch} x {shard.world} ranks); lower train.batch_size"
+        )
+    return source

@@ -1,0 +1,100 @@
+"""The SwAV network: a timm RegNet trunk, our projection head and prototypes.
+
+    backbone = build_backbone("regnety_320")          # timm, num_classes=0: pooled features
+    model = build_model(cfg.model)                     # SwAVModel(backbone, head, prototypes)
+    z, scores = model(crops_by_resolution, queue_embeddings)   # scores: batch rows, then queue rows
+
+The trunk is timm's (it carries the SEER RegNetY configurations regnety_320 ... regnety_2560
+and stage-level gradient checkpointing); nothing here re-implements a RegNet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from seer.config import ModelConfig
+from seer_kernels.swav import SwAVProjectionHead, SwAVPrototypes
+
+# SEER's 10B RegNet (VISSL configs/config/pretrain/seer/models/regnet10B.yaml) is not a
+# timm entry point; it is timm's RegNetY with these widths (9.3B trunk parameters).
+REGNET_10B = dict(w0=1744, wa=620.83, wm=2.52, group_size=1010, depth=27)
+
+
+def timm_name(arch: str, timm_kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The timm entry point and keyword arguments of `arch` (resolves regnety_10b)."""
+    kwargs = {k: v for k, v in timm_kwargs.items() if k != "num_classes"}
+    if arch == "regnety_10b":
+        return "regnety_2560", {**REGNET_10B, **kwargs}
+    return arch, kwargs
+
+
+def build_backbone(arch: str, **timm_kwargs: Any) -> nn.Module:
+    """A timm model returning pooled features (num_classes=0); `timm_kwargs` are passed to
+    timm.create_model (for RegNets they overlay the RegNetCfg, e.g. downsample="avg").
+    `regnety_10b` is SEER's 10B RegNet, built as timm's RegNetY with REGNET_10B widths."""
+    arch, kwargs = timm_name(arch, timm_kwargs)
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise ValueError(f"cannot build backbone {arch!r} with {kwargs}: {exc}") from None
+    except TypeError as exc:  # an option the architecture does not take
+        raise ValueError(f"backbone {arch!r} does not accept {kwargs}: {exc}") from None
+
+
+class SwAVModel(nn.Module):
+    """Trunk -> projection head -> embedding z -> prototype scores.
+
+    Crops come grouped by resolution so the trunk runs once per resolution. The queue's
+    embeddings go through the prototypes in the same call as the batch (one matmul, one
+    FSDP unshard): `forward` returns z (N, D) and the scores (N + Q, K) of the N crop rows
+    followed by the Q queue rows; the caller detaches the queue rows (they only feed the
+    Sinkhorn). Returning whole tensors, not slices, keeps FSDP's backward hooks safe.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, prototypes: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.prototypes = prototypes
+
+    def forward(
+        self, crops: list[torch.Tensor], queue: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        features = torch.cat([self.backbone(x) for x in crops])
+        z = self.head(features).float()
+        rows = z if queue is None else torch.cat([z, queue.to(z.dtype)])
+        # Prototype scores in fp32 whatever the autocast policy: the Sinkhorn at eps 0.05
+        # and the softmax at T 0.1 amplify bf16 rounding (VISSL keeps this layer in fp32).
+        # The prototypes normalize both operands inside the fused op (cosine scores).
+        with torch.autocast(device_type=rows.device.type, enabled=False):
+            scores = self.prototypes(rows)
+        return z, scores
+
+
+def build_model(cfg: ModelConfig, backend: str | None = None) -> SwAVModel:
+    backbone = build_backbone(cfg.arch, **cfg.timm_kwargs)
+    head = SwAVProjectionHead(
+        input_dim=backbone.num_features,
+        hidden_dim=cfg.head_hidden_dim,
+        output_dim=cfg.head_output_dim,
+        num_layers=cfg.head_layers,
+        batch_norm=cfg.head_batch_norm,
+    )
+    # Freezing is done by the training loop (gradients dropped before the optimizer step),
+    # which keeps the set of parameters that receive gradients fixed, as DDP requires.
+    prototypes = SwAVPrototypes(
+        cfg.head_output_dim, cfg.n_prototypes, n_steps_frozen_prototypes=0, backend=backend
+    )
+    return SwAVModel(backbone, head, prototypes)
+
+
+def parameter_counts(model: SwAVModel) -> dict[str, int]:
+    """Parameters of each part; works on the meta device (no memory spent)."""
+    parts = {"trunk": model.backbone, "head": model.head, "prototypes": model.prototypes}
+    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
+    counts["total"] = sum(counts.values())
+    return counts

@@ -1,0 +1,558 @@
+"""SEER / SwAV pretraining of a timm RegNet, from one CPU to many GPUs.
+
+    seer-train                                   # the tiny CPU default on the digits
+    python -m seer.train -c seer_regnety_32gf data.path=/data/shards-{0000..9999}.tar
+    torchrun --nproc_per_node 8 -m seer.train -c seer_regnety_256gf distributed=fsdp
+    python -m seer.train -c seer_regnety_256gf --dry-run   # build on the meta device, count
+
+Arguments after the options are `key=value` overrides of the config (see seer.config);
+`--print-config` shows the resolved config. The run folder (`run_dir`) receives
+config.yaml, checkpoints/, metrics.jsonl, tensorboard/ (when installed), training.png,
+summary.json and, at the end, the exported backbone (backbone.pt + backbone.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from seer import checkpoint as ckpt_io
+from seer import distributed as D
+from seer.augment import MultiCrop
+from seer.config import Config, ConfigError, load_config, save_config, to_dict
+from seer.data import Shard, build_source
+from seer.models import build_model, parameter_counts
+from seer.monitor import (
+    MetricsLog,
+    PhaseTimer,
+    format_summary,
+    peak_memory_mb,
+    plot,
+    prototype_stats,
+    read_metrics,
+)
+from seer.optim import build_optimizer, build_schedule, set_lr
+from seer_kernels.swav import SwAVQueue, swav_loss
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def resolve_precision(cfg: Config, device: torch.device) -> str:
+    if cfg.train.precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return cfg.train.precision
+
+
+def configure_torch(cfg: Config) -> None:
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    else:
+        torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+# ------------------------------------------------------------------------ RNG state
+
+
+def rng_state(gen: torch.Generator, device: torch.device) -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+        "augment": gen.get_state(),
+    }
+
+
+def set_rng_state(state: dict, gen: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))
+    gen.set_state(state["augment"])
+
+
+# ------------------------------------------------------------------------ trainer
+
+
+class Trainer:
+    """Owns the model, optimizer, data, queue and position of one training run."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.info = D.setup(cfg)
+        configure_torch(cfg)
+        self.device = self.info.device
+        self.precision = resolve_precision(cfg, self.device)
+        if self.device.type == "cpu" and self.precision != "fp32" and cfg.train.channels_last:
+            # torch 2.14's oneDNN returns non-finite weight gradients, at random, for strided
+            # grouped bf16 convolutions in NHWC on the CPU (reproduced in isolation).
+            warnings.warn("train.channels_last is disabled for low precision on the CPU", stacklevel=2)
+            cfg.train.channels_last = False
+        if self.precision == "fp16" and self.info.mode == "fsdp":
+            raise ConfigError("train.precision=fp16 is not supported with distributed=fsdp; use bf16")
+        if cfg.optimizer.sharded and self.info.mode == "fsdp":
+            raise ConfigError("optimizer.sharded=true is for DDP; FSDP already shards the optimizer state")
+        self.run_dir = Path(cfg.run_dir)
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        D.barrier(self.info)
+
+        self.source = build_source(
+            cfg.data, cfg.train.batch_size, Shard(self.info.rank, self.info.world), cfg.seed
+        )
+        self.steps_per_epoch = self.source.steps_per_epoch()
+        self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
+        self.global_batch = cfg.train.batch_size * self.info.world
+        self.multicrop = MultiCrop(cfg.augment)
+        self.n_global, self.n_crops = cfg.augment.global_crops, sum(self.multicrop.crops_per_group)
+
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank (FSDP2 does not broadcast)
+        self.raw = self._build_model()
+        self.model = D.wrap(self.raw, cfg, self.info, self.precision)
+        self.schedule = build_schedule(
+            cfg.optimizer, self.total_steps, self.steps_per_epoch, self.global_batch
+        )
+        self.optimizer = build_optimizer(cfg.optimizer, self.model, self.schedule(0))
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.queue = self._build_queue()
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.info.rank + 1)
+
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.counters = {"images_seen": 0, "skipped_images": 0, "nonfinite_steps": 0}
+        self.last_checkpoint: Path | None = None
+        self.last_saved_step = -1
+        self.last_loss = float("nan")
+        self.resume()
+
+    # -------------------------------------------------------------- construction
+
+    def _build_model(self):
+        cfg = self.cfg
+        model = build_model(cfg.model, backend=cfg.swav.backend or None).to(self.device)
+        if cfg.train.channels_last and self.info.mode != "fsdp":
+            # FSDP2 shards only contiguous parameters; under FSDP the inputs alone are NHWC,
+            # which the convolutions follow.
+            model = model.to(memory_format=torch.channels_last)
+        if cfg.train.grad_checkpointing:
+            model.backbone.set_grad_checkpointing(True)
+        if cfg.train.compile:
+            model.backbone.compile()  # in place: state-dict keys keep their names
+        return model
+
+    def _build_queue(self) -> SwAVQueue | None:
+        if self.cfg.swav.queue_length <= 0:
+            return None
+        queue = SwAVQueue(
+            self.cfg.swav.queue_length,
+            self.cfg.model.head_output_dim,
+            self.n_global,
+            global_batch=self.global_batch,
+            world_size=self.info.world,
+        )
+        return queue.to(self.device)
+
+    # -------------------------------------------------------------- checkpoints
+
+    def _find_resume(self) -> Path | None:
+        cfg = self.cfg
+        if cfg.resume == "none":
+            existing = ckpt_io.list_checkpoints(self.run_dir)
+            if existing:
+                raise ConfigError(
+                    f"run_dir {str(self.run_dir)!r} already holds checkpoints ({existing[-1].name}); "
+                    "use resume=auto to continue that run, or another run_dir"
+                )
+            return None
+        if cfg.resume == "auto":
+            found = ckpt_io.latest_checkpoint(self.run_dir) if self.info.is_main else None
+            path = D.broadcast_from_main(str(found[0]) if found else None, self.info)
+            return Path(path) if path else None
+        path = Path(cfg.resume)
+        if not path.is_file():
+            raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint file")
+        return path
+
+    def resume(self) -> None:
+        path = self._find_resume()
+        if path is None:
+            return
+        state = ckpt_io.load_checkpoint(path)
+        if state["arch"] != self.cfg.model.arch:
+            raise ConfigError(
+                f"checkpoint {path} was trained with model.arch={state['arch']!r}, not {self.cfg.model.arch!r}"
+            )
+        D.load_model_state(self.raw, state["model"])
+        D.load_optimizer_state(self.raw, self.optimizer, state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch"]
+        self.counters.update(state.get("counters", {}))
+        self.last_loss = state.get("last_loss", float("nan"))
+        if state["world_size"] == self.info.world:
+            mine = state["ranks"][self.info.rank]
+            if self.queue is not None and mine["queue"] is not None:
+                self.queue.load_state_dict(mine["queue"])
+            set_rng_state(mine["rng"], self.gen, self.device)
+        elif self.info.is_main:
+            print(
+                f"note: {path} was written by {state['world_size']} ranks, this run has {self.info.world}: "
+                "queues and random streams start afresh",
+                file=sys.stderr,
+            )
+        self.last_checkpoint, self.last_saved_step = path, self.step
+        if self.info.is_main:
+            print(
+                f"resumed from {path}: step {self.step}, epoch {self.epoch}, batch {self.batch_in_epoch}",
+                file=sys.stderr,
+            )
+
+    def save_checkpoint(self) -> None:
+        """Collective: every rank contributes its shard, queue and random state."""
+        model_state = D.model_state(self.raw)
+        optim_state = D.optimizer_state(self.raw, self.optimizer)
+        queue = None if self.queue is None else {k: v.cpu() for k, v in self.queue.state_dict().items()}
+        ranks = D.gather_to_main({"queue": queue, "rng": rng_state(self.gen, self.device)}, self.info)
+        path = ckpt_io.checkpoint_path(self.run_dir, self.step)
+        if self.info.is_main:
+            state = {
+                "format": ckpt_io.FORMAT,
+                "version": ckpt_io.VERSION,
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch": self.batch_in_epoch,
+                "config": to_dict(self.cfg),
+                "arch": self.cfg.model.arch,
+                "model": model_state,
+                "optimizer": optim_state,
+                "scaler": None if self.scaler is None else self.scaler.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "ranks": ranks,
+                "world_size": self.info.world,
+                "counters": dict(self.counters),
+                "last_loss": self.last_loss,
+            }
+            ckpt_io.atomic_save(state, path)
+            ckpt_io.prune(self.run_dir, self.cfg.train.keep_last)
+            self._final_state = state
+        D.barrier(self.info)
+        self.last_checkpoint, self.last_saved_step = path, self.step
+
+    # -------------------------------------------------------------- one step
+
+    def _autocast(self):
+        # Also under FSDP's bf16 policy: autocast casts activations at the boundaries of
+        # the fp32 units (BatchNorm, prototypes).
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            return torch.autocast(self.device.type, dtype=dtype)
+        return contextlib.nullcontext()
+
+    def _queue_in_use(self) -> bool:
+        return self.queue is not None and self.epoch >= self.cfg.swav.queue_start_epoch
+
+    def _crops(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = images.to(self.device, non_blocking=True)
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        crops = self.multicrop(x, self.gen)
+        if self.cfg.train.channels_last:
+            crops = [c.contiguous(memory_format=torch.channels_last) for c in crops]
+        return crops
+
+    def train_step(self, images: torch.Tensor, timer: PhaseTimer, want_stats: bool) -> dict:
+        cfg, b = self.cfg, images.shape[0]
+        crops = self._crops(images)
+        self.raw.prototypes.normalize()
+        use_queue = self._queue_in_use() and self.queue.is_full
+        queue_in = self.queue.embeddings.reshape(-1, self.queue.embeddings.shape[-1]) if use_queue else None
+        timer.mark("data")
+        with self._autocast():
+            z, all_scores = self.model(crops, queue_in)
+        timer.mark("forward")
+        n, k = z.shape[0], all_scores.shape[1]
+        scores, queue_scores = all_scores[:n], (all_scores[n:].detach() if use_queue else None)
+        loss = swav_loss(
+            scores.view(self.n_crops, b, k),
+            self.n_global,
+            temperature=cfg.swav.temperature,
+            sinkhorn_iterations=cfg.swav.sinkhorn_iterations,
+            sinkhorn_epsilon=cfg.swav.sinkhorn_epsilon,
+            queue_scores=None if queue_scores is None else queue_scores.view(self.n_global, -1, k),
+            process_group="world" if self.info.world > 1 else None,
+            backend=cfg.swav.backend or None,
+        )
+        loss_value = float(loss.detach())
+        timer.mark("loss")
+        stats = prototype_stats(scores[: self.n_global * b]) if want_stats else {}
+        if D.any_rank(not math.isfinite(loss_value), self.info):
+            self._nonfinite(loss_value)
+            return {"loss": float("nan"), "skipped_step": True, **stats}
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        timer.mark("backward")
+        self._optimizer_step()
+        if self._queue_in_use():
+            self.queue.enqueue(z[: self.n_global * b].detach().view(self.n_global, b, -1))
+        timer.mark("optimizer")
+        return {"loss": loss_value, "queue": use_queue, **stats}
+
+    def _optimizer_step(self) -> None:
+        if self.step < self.cfg.swav.freeze_prototypes_steps:
+            # Frozen prototypes: drop their gradient, so the optimizer skips them entirely
+            # (no momentum, no weight decay), as SwAV's freeze_prototypes_niters.
+            for p in self.raw.prototypes.parameters():
+                p.grad = None
+        if self.cfg.optimizer.grad_clip > 0:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optimizer.grad_clip)
+        set_lr(self.optimizer, self.schedule(self.step))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _nonfinite(self, value: float) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if not self.cfg.train.skip_nonfinite:
+            last = str(self.last_checkpoint) if self.last_checkpoint else "none written yet"
+            raise NonFiniteLoss(
+                f"non-finite loss ({value}) at step {self.step} (epoch {self.epoch}); last good checkpoint: {last}. "
+                "Resume from it with resume=auto (perhaps with a lower optimizer.lr), or set "
+                "train.skip_nonfinite=true to skip such steps"
+            )
+        self.counters["nonfinite_steps"] += 1
+
+    # -------------------------------------------------------------- the loop
+
+    def _advance(self) -> None:
+        self.step += 1
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch >= self.steps_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def _stop_step(self) -> int:
+        stop = self.cfg.train.stop_at_step
+        return min(self.total_steps, stop) if stop > 0 else self.total_steps
+
+    def fit(self) -> dict:
+        cfg, info = self.cfg, self.info
+        if info.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+            self._announce()
+        log = MetricsLog(self.run_dir, enabled=info.is_main)
+        timer = PhaseTimer(self.device)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not (info.is_main and cfg.train.progress),
+            dynamic_ncols=True,
+            unit="step",
+            file=sys.stderr,
+        )
+        start_step, start_time = self.step, time.perf_counter()
+        window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "images": 0}
+        stop = self._stop_step()
+        try:
+            while self.step < stop:
+                epoch = self.epoch
+                batches = self.source.epoch(epoch, self.batch_in_epoch)
+                timer.start()
+                for images, skipped in batches:
+                    self.counters["skipped_images"] += skipped
+                    want_stats = (self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == stop
+                    out = self.train_step(images, timer, want_stats)
+                    lr = self.schedule(self.step)
+                    self._advance()
+                    self.counters["images_seen"] += images.shape[0] * info.world
+                    window["images"] += images.shape[0] * info.world
+                    if not out.get("skipped_step"):
+                        window["loss"] += out["loss"]
+                        window["n"] += 1
+                    rate = window["images"] / max(time.perf_counter() - window["t"], 1e-9)
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{out['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}", refresh=False
+                    )
+                    if want_stats:
+                        self._log(log, window, out, lr, rate)
+                        timer.collect()  # CUDA: read the phase events (one sync per log)
+                    if self._checkpoint_due(epoch) or self.step >= stop:
+                        self.save_checkpoint()
+                    if self.step >= stop or self.epoch != epoch:
+                        break
+                    timer.start()
+        finally:
+            bar.close()
+            log.close()
+        if self.last_saved_step != self.step:
+            self.save_checkpoint()
+        return self._finish(start_step, time.perf_counter() - start_time, timer)
+
+    def _checkpoint_due(self, epoch_before: int) -> bool:
+        every = self.cfg.train.checkpoint_every
+        return self.epoch != epoch_before or (every > 0 and self.step % every == 0)
+
+    def _log(self, log: MetricsLog, window: dict, out: dict, lr: float, rate: float) -> None:
+        if window["n"]:
+            self.last_loss = window["loss"] / window["n"]
+        record = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": self.last_loss,
+            "lr": lr,
+            "img_s": rate,
+            "proto_spread": out.get("proto_spread"),
+            "proto_usage": out.get("proto_usage"),
+            "queue": bool(out.get("queue")),
+            **self.counters,
+        }
+        log.write(record)
+        window.update(loss=0.0, n=0, t=time.perf_counter(), images=0)
+
+    def _announce(self) -> None:
+        counts = parameter_counts(self.raw)
+        print(
+            f"seer-train: {self.cfg.model.arch} ({counts['trunk'] / 1e6:.2f}M trunk, {counts['total'] / 1e6:.2f}M total), "
+            f"{self.source.description}, {self.info.world} x {self.cfg.train.batch_size} images/step, "
+            f"{self.n_global}x{self.cfg.augment.global_size} + {self.n_crops - self.n_global}x{self.cfg.augment.local_size} crops, "
+            f"{self.total_steps} steps ({self.steps_per_epoch}/epoch), {self.device}, {self.precision}, "
+            f"mode {self.info.mode}, run_dir {self.run_dir}",
+            file=sys.stderr,
+        )
+        if self.step >= self._stop_step():
+            print(
+                f"seer-train: {self.run_dir} is already at step {self.step} of {self.total_steps}: nothing to "
+                "train (use another run_dir, or delete this one, for a fresh run)",
+                file=sys.stderr,
+            )
+
+    def _finish(self, start_step: int, wall: float, timer: PhaseTimer) -> dict:
+        times = timer.collect()
+        steps_run = self.step - start_step
+        summary = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "epoch": self.epoch,
+            "steps_run": steps_run,
+            "final_loss": self.last_loss,
+            "ln_k": math.log(self.cfg.model.n_prototypes),
+            "images_per_s": steps_run * self.global_batch / wall if steps_run else 0.0,
+            "wall_s": wall,
+            "time_s": times,
+            "memory": peak_memory_mb(self.device),
+            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            **self.counters,
+        }
+        if self.info.is_main:
+            records = read_metrics(self.run_dir / "metrics.jsonl")
+            if records:
+                summary.update(
+                    proto_usage=records[-1].get("proto_usage"), proto_spread=records[-1].get("proto_spread")
+                )
+            plot(self.run_dir, self.cfg.model.n_prototypes)
+            if self.cfg.train.export_backbone:
+                state = getattr(self, "_final_state", None) or ckpt_io.load_checkpoint(self.last_checkpoint)
+                summary["backbone"] = str(ckpt_io.export_backbone(state, self.run_dir / "backbone.pt"))
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+            print(
+                format_summary(
+                    {
+                        **summary,
+                        "proto_usage": summary.get("proto_usage") or float("nan"),
+                        "proto_spread": summary.get("proto_spread") or float("nan"),
+                    }
+                ),
+                file=sys.stderr,
+            )
+        return summary
+
+
+# ------------------------------------------------------------------------ entry point
+
+
+def dry_run(cfg: Config) -> dict:
+    """Build the model on the meta device (no memory) and report its size."""
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    counts = parameter_counts(model)
+    print(json.dumps({"arch": cfg.model.arch, "parameters": counts}, indent=2))
+    return counts
+
+
+def train(cfg: Config) -> dict:
+    """Run (or continue) the training described by `cfg`; returns the summary."""
+    trainer = None
+    try:
+        trainer = Trainer(cfg)
+        return trainer.fit()
+    finally:
+        D.teardown()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="seer-train",
+        description="SEER/SwAV pretraining of a timm RegNet (see docs/training.md).",
+        epilog="overrides: key=value pairs, e.g. train.batch_size=64 optimizer.lr=0.3 resume=auto",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=None,
+        help="YAML file or shipped config name (default: the tiny CPU default)",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="build the model on the meta device, print sizes, exit"
+    )
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"seer-train: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return 0
+    if args.dry_run:
+        dry_run(cfg)
+        return 0
+    try:
+        train(cfg)
+    except (ConfigError, NonFiniteLoss) as exc:
+        print(f"seer-train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The trainer's configuration: YAML + key=value overrides, clear errors, shipped configs,
+and the SEER models built on the meta device with their published sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from seer.config import Config, ConfigError, from_dict, load_config, save_config, to_dict, valid_keys
+from seer.models import build_model, parameter_counts
+from seer.train import main
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SHIPPED = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+def test_defaults_are_the_default_yaml():
+    """configs/default.yaml spells out the dataclass defaults (the tiny CPU run)."""
+    from_file = to_dict(load_config(CONFIGS / "default.yaml"))
+    defaults = to_dict(Config())
+    # The YAML rounds the digits statistics; everything else is identical.
+    for key in ("mean", "std"):
+        from_file["augment"].pop(key), defaults["augment"].pop(key)
+    assert from_file == defaults
+
+
+def test_overrides_are_typed():
+    cfg = load_config(
+        None,
+        [
+            "train.batch_size=16",
+            "optimizer.lr=1e-3",
+            "optimizer.sharded=true",
+            "augment.global_scale=[0.2, 1]",
+            "model.timm_kwargs={downsample: avg, drop_path_rate: 0.1}",
+            "resume=none",
+            "data.path=no",  # strings stay verbatim (YAML would read `no` as False)
+            "distributed=fsdp",
+        ],
+    )
+    assert cfg.train.batch_size == 16 and isinstance(cfg.train.batch_size, int)
+    assert cfg.optimizer.lr == 1e-3 and cfg.optimizer.sharded is True
+    assert cfg.augment.global_scale == [0.2, 1.0] and all(
+        isinstance(v, float) for v in cfg.augment.global_scale
+    )
+    assert cfg.model.timm_kwargs == {"downsample": "avg", "drop_path_rate": 0.1}
+    assert cfg.resume == "none" and cfg.data.path == "no" and cfg.distributed == "fsdp"
+
+
+def test_unknown_key_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.batchsize'.*train\.batch_size"):
+        load_config(None, ["train.batchsize=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'nope'.*run_dir.*train\.epochs"):
+        load_config(None, ["nope=1"])
+    with pytest.raises(ConfigError, match="not key=value"):
+        load_config(None, ["train.epochs"])
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.batch_size=abc", "train.batch_size' expects int, got 'abc'"),
+        ("train.batch_size=1.5", "expects int, got 1.5"),
+        ("train.batch_size=true", "expects int, got True"),
+        ("optimizer.lr=fast", "optimizer.lr' expects float"),
+        ("train.compile=1", "train.compile' expects bool, got 1"),
+        ("train.precision=fp8", "one of 'auto', 'fp32', 'bf16', 'fp16'"),
+        ("augment.global_scale=[0.2, x]", r"augment.global_scale\[1\]' expects float"),
+        ("model.timm_kwargs=[1]", "model.timm_kwargs' expects dict"),
+    ],
+)
+def test_wrong_type_is_a_clear_error(override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, [override])
+
+
+def test_value_checks():
+    with pytest.raises(ConfigError, match="train.batch_size must be >= 1"):
+        load_config(None, ["train.batch_size=0"])
+    with pytest.raises(ConfigError, match="swav.backend must be"):
+        load_config(None, ["swav.backend=fast"])
+    with pytest.raises(ConfigError, match="data.epoch_size"):
+        load_config(None, ["data.source=webdataset", "data.path=x.tar"])
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown config key 'train\.epochz'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_missing_data_path_is_a_clear_error(tmp_path, capsys):
+    """Missing or empty data paths fail at startup with the path in the message."""
+    from seer.train import train
+
+    args = [f"run_dir={tmp_path / 'run'}", "data.source=folder", "train.progress=false"]
+    with pytest.raises(ConfigError, match="data.path is required for data.source=folder"):
+        train(load_config(None, args))
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ConfigError, match=f"data.path '{missing}' does not exist"):
+        train(load_config(None, [*args, f"data.path={missing}"]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no image files .* under data.path"):
+        train(load_config(None, [*args, f"data.path={tmp_path / 'empty'}"]))
+    with pytest.raises(ConfigError, match="do not exist"):
+        train(
+            load_config(
+                None, ["data.source=webdataset", f"data.path={missing}-{{0..3}}.tar", "data.epoch_size=8"]
+            )
+        )
+    # The command line turns them into a message and exit status 2, not a traceback.
+    assert main([*args, f"data.path={missing}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train.batchsize=3"]) == 2
+    assert "valid keys" in capsys.readouterr().err
+
+
+def test_save_and_reload_roundtrip(tmp_path):
+    cfg = load_config("seer_regnety_32gf", ["train.batch_size=8"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert to_dict(again) == to_dict(cfg)
+    assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
+    assert "optimizer.sharded" in valid_keys() and "train.skip_nonfinite" in valid_keys()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_load(name):
+    load_config(name)
+
+
+# Published sizes, with the classifier of the published ImageNet model removed
+# (num_features * 1000 + 1000 parameters): torchvision's regnet_y_32gf (145,046,770) and
+# regnet_y_128gf (644,812,894), SEER's RegNetY-64GF (281M), and the RegNetY-256GF trunk
+# (about 1.27B; SEER reports 1.3B). SEER-10B: VISSL's regnet10B widths; the paper says 10B
+# for the whole network (trunk, 3-layer head and prototypes).
+PUBLISHED = {
+    "seer_regnety_32gf": (145_046_770, 3712, 0.001),
+    "seer_regnety_64gf": (281_000_000, 4920, 0.01),
+    "seer_regnety_128gf": (644_812_894, 7392, 0.001),
+    "seer_regnety_256gf": (1_272_000_000 + 10444 * 1000 + 1000, 10444, 0.01),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_seer_models_match_published_sizes_on_meta(name):
+    cfg = load_config(name)
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    published, features, rtol = PUBLISHED[name]
+    counts = parameter_counts(model)
+    assert model.backbone.num_features == features
+    assert counts["trunk"] + features * 1000 + 1000 == pytest.approx(published, rel=rtol)
+    # The SEER head: [trunk, 8192, 8192, 256] linears without BN, then 16k prototypes.
+    dims = [features, 8192, 8192, 256]
+    head = sum(a * b + b for a, b in zip(dims[:-1], dims[1:], strict=True))
+    assert counts["head"] == head and counts["prototypes"] == 16000 * 256
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_seer_10b_on_meta():
+    cfg = load_config("seer_regnety_10b")
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    counts = parameter_counts(model)
+    assert model.backbone.num_features == 28280
+    assert 9.0e9 < counts["trunk"] < 9.6e9 and 9.5e9 < counts["total"] < 10.5e9

@@ -1,0 +1,302 @@
+"""Data sources and the batched multi-crop augmentation.
+
+Hostile inputs are skipped and counted, never a crash; ranks read disjoint data; the
+batched per-sample augmentation equals torchvision's per-image functions."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tarfile
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from seer.augment import MultiCrop, color_jitter, crop_matrices, gaussian_blur, hsv_to_rgb, rgb_to_hsv
+from seer.config import AugmentConfig, ConfigError, DataConfig, load_config
+from seer.data import (
+    FolderSource,
+    Shard,
+    UnreadableImage,
+    WebDatasetSource,
+    build_source,
+    decode_image,
+    digits_images,
+    list_images,
+)
+
+# ------------------------------------------------------------------------ fixtures
+
+
+def _jpeg_bytes(rng: np.random.Generator, w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def make_hostile_folder(root) -> dict[str, bool]:
+    """Good images in nested folders plus every kind of bad file the issue lists.
+    Returns {relative path: readable}."""
+    rng = np.random.default_rng(0)
+    files = {}
+    for i in range(16):
+        sub = root / f"part{i % 3}" / "deeper"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"good{i}.jpg").write_bytes(_jpeg_bytes(rng, 24 + 7 * i, 40 - i))
+        files[f"part{i % 3}/deeper/good{i}.jpg"] = True
+    good = _jpeg_bytes(rng, 64, 48)
+    (root / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "zero.jpg").write_bytes(b"")
+    (root / "notes.jpg").write_text("this is a text file, not an image\n")
+    Image.new("CMYK", (40, 30), (0, 128, 255, 0)).save(root / "cmyk.jpg")
+    Image.fromarray(np.full((30, 20), 32768, dtype=np.uint16)).save(root / "sixteen.png")
+    Image.new("RGBA", (20, 20), (255, 0, 0, 128)).save(root / "alpha.png")
+    Image.new("RGB", (1, 1), (10, 200, 30)).save(root / "tiny.png")
+    (root / "readme.txt").write_text("not listed: not an image extension")
+    files.update({"truncated.jpg": False, "zero.jpg": False, "notes.jpg": False})
+    files.update({"cmyk.jpg": True, "sixteen.png": True, "alpha.png": True, "tiny.png": True})
+    return files
+
+
+# ------------------------------------------------------------------------ decoding
+
+
+def test_decode_hostile_files(tmp_path):
+    files = make_hostile_folder(tmp_path)
+    for rel, readable in files.items():
+        path = tmp_path / rel
+        if not readable:
+            with pytest.raises(UnreadableImage):
+                decode_image(path, 16)
+            continue
+        x = decode_image(path, 16)
+        assert x.shape == (3, 16, 16) and x.dtype == torch.uint8
+    # 16-bit samples are rescaled, not clipped to white; alpha goes over white; 1x1 fills.
+    assert decode_image(tmp_path / "sixteen.png", 8).float().mean().item() == pytest.approx(128, abs=1)
+    alpha = decode_image(tmp_path / "alpha.png", 8).float().mean(dim=(1, 2))
+    assert alpha.tolist() == pytest.approx([255, 127, 127], abs=2)
+    assert decode_image(tmp_path / "tiny.png", 8)[:, 3, 3].tolist() == [10, 200, 30]
+    cmyk = decode_image(tmp_path / "cmyk.jpg", 8).float().mean(dim=(1, 2))
+    assert cmyk[0] > 200 and cmyk[2] < 60  # CMYK (0, 128, 255, 0) is orange-ish in RGB
+    assert decode_image((tmp_path / "part0/deeper/good0.jpg").read_bytes(), 8).shape == (3, 8, 8)
+
+
+def test_folder_source_skips_and_counts(tmp_path):
+    files = make_hostile_folder(tmp_path)
+    cfg = DataConfig(source="folder", path=str(tmp_path), image_size=16)
+    source = FolderSource(cfg, batch=5, shard=Shard(), seed=0)
+    assert len(source) == len(files)  # readme.txt is not listed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = list(source.epoch(0, 0))
+    assert len(batches) == len(files) // 5
+    assert all(x.shape == (5, 3, 16, 16) for x, _ in batches)
+    skipped = sum(n for _, n in batches)
+    # Each unreadable file met is replaced by the next one and counted once per meeting.
+    assert (
+        skipped >= 1 and len([w for w in caught if "skipping unreadable image" in str(w.message)]) == skipped
+    )
+
+
+def test_folder_all_unreadable_is_a_clear_error(tmp_path):
+    for i in range(4):
+        (tmp_path / f"bad{i}.jpg").write_text("nope")
+    cfg = DataConfig(source="folder", path=str(tmp_path), image_size=8, max_consecutive_failures=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match="no readable image in 4 consecutive files"):
+            next(FolderSource(cfg, 2, Shard(), 0).epoch(0, 0))
+
+
+def test_list_images_survives_symlink_loops(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "a" / "x.png")
+    os.symlink(tmp_path, tmp_path / "a" / "loop")
+    assert [os.path.basename(f) for f in list_images(tmp_path)] == ["x.png"]
+    with pytest.raises(ConfigError, match="is not a directory"):
+        list_images(tmp_path / "a" / "x.png")
+
+
+# ------------------------------------------------------------------------ rank split
+
+
+def test_digits_ranks_read_disjoint_batches_and_positions_resume():
+    images, labels = digits_images(16)
+    assert images.shape == (1797, 3, 16, 16) and labels.shape == (1797,)
+    cfg = DataConfig(image_size=16)
+    for rank in range(3):
+        source = build_source(cfg, 32, Shard(rank, 3), seed=1)
+        assert source.steps_per_epoch() == 1797 // 96
+        batches = [x for x, _ in source.epoch(2, 0)]
+        # Resuming at batch 5 gives exactly the remaining batches.
+        again = [x for x, _ in source.epoch(2, 5)]
+        assert all(torch.equal(a, b) for a, b in zip(again, batches[5:], strict=True))
+    # No sample index is read by two ranks in one epoch.
+    from seer.data import rank_batches
+
+    idx = [i for r in range(3) for b in rank_batches(1797, 32, Shard(r, 3), 1, 2, 0) for i in b]
+    assert len(idx) == len(set(idx)) == (1797 // 96) * 96
+
+
+def test_too_small_dataset_is_a_clear_error():
+    with pytest.raises(ConfigError, match="fewer samples than one global batch"):
+        build_source(DataConfig(image_size=8), 1000, Shard(0, 2), 0)
+
+
+# ------------------------------------------------------------------------ webdataset
+
+
+def _write_shard(path, keys, rng, truncate=False):
+    with tarfile.open(path, "w") as tar:
+        for key in keys:
+            for name, data in ((f"{key}.jpg", _jpeg_bytes(rng, 20, 20)), (f"{key}.cls", b"3")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    if truncate:
+        raw = path.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2 + 100])
+
+
+def test_webdataset_shards_split_across_ranks_and_survive_truncation(tmp_path):
+    rng = np.random.default_rng(0)
+    for s in range(4):
+        keys = [f"s{s}_{i:03d}" for i in range(6)]
+        _write_shard(tmp_path / f"shard-{s}.tar", keys, rng, truncate=(s == 3))
+    (tmp_path / "shard-2.tar").write_bytes((tmp_path / "shard-2.tar").read_bytes()[:0] + b"garbage" * 10)
+    spec = str(tmp_path / "shard-{0..3}.tar")
+    cfg = load_config(
+        None, ["data.source=webdataset", f"data.path={spec}", "data.epoch_size=16", "data.image_size=8"]
+    )
+    per_rank = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for rank in range(2):
+            source = WebDatasetSource(cfg.data, 4, Shard(rank, 2), seed=0)
+            batches = list(source.epoch(0, 0))
+            assert len(batches) == source.steps_per_epoch() == 2
+            per_rank.append(torch.cat([x for x, _ in batches]).flatten(1))
+    assert any("shard" in str(w.message) for w in caught)  # the broken shards were reported
+    # Two shards per rank: the ranks decode different images.
+    a, b = per_rank
+    assert not any(torch.equal(r, s) for r in a for s in b)
+
+
+def test_webdataset_missing_shards_named(tmp_path):
+    cfg = load_config(
+        None, ["data.source=webdataset", f"data.path={tmp_path}/x-{{0..1}}.tar", "data.epoch_size=4"]
+    )
+    with pytest.raises(ConfigError, match=r"2 of 2 shards .* do not exist, e.g. '.*x-0\.tar'"):
+        WebDatasetSource(cfg.data, 2, Shard(), 0)
+
+
+# ------------------------------------------------------------------------ augmentation
+
+
+def _images(n=5, size=20, seed=0):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_color_ops_match_torchvision_per_sample():
+    x = _images()
+    b = torch.tensor([0.6, 1.0, 1.3, 0.9, 1.1], dtype=torch.float64)
+    c = torch.tensor([1.2, 0.7, 1.0, 1.4, 0.5], dtype=torch.float64)
+    s = torch.tensor([0.3, 1.5, 1.0, 0.8, 1.2], dtype=torch.float64)
+    h = torch.tensor([0.1, -0.2, 0.0, 0.05, -0.15], dtype=torch.float64)
+    ours = color_jitter(x, b, c, s, h)
+    for i in range(len(x)):
+        ref = TF.adjust_brightness(x[i], float(b[i]))
+        ref = TF.adjust_contrast(ref, float(c[i]))
+        ref = TF.adjust_saturation(ref, float(s[i]))
+        ref = TF.adjust_hue(ref, float(h[i]))
+        torch.testing.assert_close(ours[i], ref, atol=2e-5, rtol=0)
+    torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
+
+
+def test_blur_matches_torchvision_per_sample():
+    x = _images(3, 24)
+    sigma = torch.tensor([0.5, 0.0, 1.7], dtype=torch.float64)
+    ours = gaussian_blur(x, sigma)
+    radius = math.ceil(3 * 1.7)
+    for i in range(3):
+        if sigma[i] == 0:
+            torch.testing.assert_close(ours[i], x[i])
+            continue
+        ref = TF.gaussian_blur(x[i], kernel_size=[2 * radius + 1] * 2, sigma=[float(sigma[i])] * 2)
+        torch.testing.assert_close(ours[i], ref, atol=1e-5, rtol=0)
+
+
+def test_full_crop_without_jitter_is_a_resize():
+    """Area 1, aspect 1 (forced by clamping), no jitter: the crop is the whole image."""
+    cfg = AugmentConfig(rotation=0, shear=0, translate=0, flip=0.0)
+    theta = crop_matrices(4, (1.0, 1.0), cfg, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(4, 2, 3))
+    flipped = crop_matrices(
+        3, (1.0, 1.0), AugmentConfig(rotation=0, shear=0, translate=0, flip=1.0), torch.Generator()
+    )
+    assert (flipped[:, 0, 0] == -1).all()
+    mc = MultiCrop(
+        AugmentConfig(
+            global_crops=1,
+            local_crops=0,
+            global_size=20,
+            global_scale=[1, 1],
+            rotation=0,
+            shear=0,
+            translate=0,
+            mean=[0, 0, 0],
+            std=[1, 1, 1],
+        )
+    )
+    x = _images(2, 20)
+    (out,) = mc(x, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+def test_multicrop_groups_shapes_and_determinism():
+    cfg = load_config("seer_regnety_32gf").augment
+    cfg.global_size, cfg.local_size = 24, 12
+    mc = MultiCrop(cfg)
+    x = _images(3, 32)
+    a = mc(x, torch.Generator().manual_seed(5))
+    b = mc(x, torch.Generator().manual_seed(5))
+    c = mc(x, torch.Generator().manual_seed(6))
+    assert [t.shape for t in a] == [(6, 3, 24, 24), (12, 3, 12, 12)]
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+    assert not torch.equal(a[0], c[0])
+    # Crops of one sample differ from each other (per-sample parameters).
+    assert not torch.allclose(a[0][0], a[0][3])
+    assert all(torch.isfinite(t).all() for t in a)
+
+
+def test_training_on_a_hostile_folder_reports_skips(tmp_path):
+    """Every bad file kind of the issue in one folder: training runs (with a DataLoader
+    worker process) and the skips reach the metrics and the summary."""
+    from seer.train import train
+
+    images = tmp_path / "images"
+    make_hostile_folder(images)
+    run = tmp_path / "run"
+    overrides = [
+        f"run_dir={run}",
+        "data.source=folder",
+        f"data.path={images}",
+        "data.num_workers=1",
+        "train.batch_size=10",
+        "train.max_steps=4",  # two epochs of 2 batches: 40 reads of 23 files
+        "train.log_every=1",
+        "train.progress=false",
+        "train.export_backbone=false",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = train(load_config(None, overrides))
+    assert summary["step"] == 4 and math.isfinite(summary["final_loss"])
+    assert summary["skipped_images"] >= 1
+    last = (run / "metrics.jsonl").read_text().splitlines()[-1]
+    assert f'"skipped_images": {summary["skipped_images"]}' in last

@@ -1,0 +1,320 @@
+"""The trainer end to end on the CPU: a short default run learns, resume is exact, two
+gloo processes (DDP with a ZeRO-sharded LARS, FSDP2) end with identical parameters,
+checkpoints are atomic and pruned, the exported backbone loads in timm, non-finite
+losses stop the run (or are skipped), and load_backbone rejects foreign files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from seer import checkpoint as ckpt_io
+from seer.config import load_config
+from seer.models import build_backbone
+from seer.train import NonFiniteLoss, Trainer, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Small and fast: the default recipe at batch 16.
+SMALL = ["train.batch_size=16", "train.progress=false", "train.threads=1", "train.log_every=1"]
+
+
+def small_cfg(run_dir: Path, *overrides: str):
+    return load_config(None, [f"run_dir={run_dir}", *SMALL, *overrides])
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------ learning
+
+
+def test_default_config_few_steps_loss_finite_and_decreasing(tmp_path):
+    run = tmp_path / "run"
+    summary = train(small_cfg(run, "train.batch_size=32", "train.max_steps=12", "seed=3"))
+    losses = [r["loss"] for r in metrics(run)]
+    assert len(losses) == 12 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.05, losses
+    # Collapse indicators are logged; the first steps are not collapsed.
+    assert all(r["proto_spread"] > 0 and 0 < r["proto_usage"] <= 1 for r in metrics(run))
+    assert summary["final_loss"] == pytest.approx(losses[-1])
+    assert summary["images_per_s"] > 0 and set(summary["time_s"]) >= {
+        "data",
+        "forward",
+        "loss",
+        "backward",
+        "optimizer",
+    }
+    for name in ("config.yaml", "summary.json", "training.png", "backbone.pt", "backbone.json"):
+        assert (run / name).is_file(), name
+
+
+# ------------------------------------------------------------------------ resume
+
+
+RESUME = [
+    "train.max_steps=6",
+    "train.deterministic=true",
+    "swav.queue_length=32",  # the queue fills after 2 steps and is used from step 3 on
+    "swav.queue_start_epoch=0",
+    "swav.freeze_prototypes_steps=2",
+    "train.export_backbone=false",
+]
+
+
+def test_resume_is_exact(tmp_path):
+    straight = tmp_path / "straight"
+    train(small_cfg(straight, *RESUME))
+    split = tmp_path / "split"
+    first = train(small_cfg(split, *RESUME, "train.stop_at_step=3"))
+    assert first["step"] == 3 and [p.name for p in ckpt_io.list_checkpoints(split)] == ["step_00000003.pt"]
+    second = train(small_cfg(split, *RESUME))  # resume=auto is the default
+    assert second["steps_run"] == 3 and second["step"] == 6
+    a = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(straight, 6))
+    b = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(split, 6))
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, atol=1e-6, rtol=0, msg=key)
+    for key in ("exp_avg", "exp_avg_sq"):
+        for i, state in a["optimizer"]["state"].items():
+            torch.testing.assert_close(b["optimizer"]["state"][i][key], state[key], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        b["ranks"][0]["queue"]["queue"], a["ranks"][0]["queue"]["queue"], atol=1e-6, rtol=0
+    )
+    assert (a["epoch"], a["batch"]) == (b["epoch"], b["batch"]) == (0, 6)
+    # The metrics of both halves form one curve equal to the straight run's.
+    torch.testing.assert_close(
+        torch.tensor([r["loss"] for r in metrics(split)]),
+        torch.tensor([r["loss"] for r in metrics(straight)]),
+        atol=1e-5,
+        rtol=0,
+    )
+
+
+def test_resume_none_refuses_an_existing_run(tmp_path):
+    from seer.config import ConfigError
+
+    train(small_cfg(tmp_path, "train.max_steps=1", "train.export_backbone=false"))
+    with pytest.raises(ConfigError, match="already holds checkpoints .* resume=auto"):
+        train(small_cfg(tmp_path, "train.max_steps=1", "resume=none"))
+
+
+def test_checkpoints_are_pruned_and_fall_back_when_unreadable(tmp_path):
+    train(
+        small_cfg(
+            tmp_path,
+            "train.max_steps=4",
+            "train.checkpoint_every=1",
+            "train.keep_last=2",
+            "train.export_backbone=false",
+        )
+    )
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step_00000003.pt", "step_00000004.pt"]  # no temporary files left
+    ckpt_io.checkpoint_path(tmp_path, 4).write_bytes(b"half a checkpoint")
+    with pytest.warns(UserWarning, match="unreadable"):
+        path, state = ckpt_io.latest_checkpoint(tmp_path)
+    assert path.name == "step_00000003.pt" and state["step"] == 3
+
+
+# ------------------------------------------------------------------------ non-finite
+
+
+def _poison(trainer: Trainer) -> None:
+    with torch.no_grad():
+        trainer.raw.prototypes.heads[0].weight[0, 0] = float("nan")
+
+
+def test_nonfinite_loss_stops_with_step_and_checkpoint(tmp_path):
+    cfg = small_cfg(tmp_path, "train.max_steps=3", "train.export_backbone=false")
+    trainer = Trainer(cfg)
+    _poison(trainer)
+    with pytest.raises(
+        NonFiniteLoss, match=r"at step 0 .*last good checkpoint: none written yet.*skip_nonfinite"
+    ):
+        trainer.fit()
+
+
+def test_nonfinite_loss_skipped_when_asked(tmp_path):
+    cfg = small_cfg(tmp_path, "train.max_steps=2", "train.skip_nonfinite=true", "train.export_backbone=false")
+    trainer = Trainer(cfg)
+    _poison(trainer)
+    summary = trainer.fit()
+    assert summary["nonfinite_steps"] == 2 and summary["step"] == 2
+
+
+# ------------------------------------------------------------------------ export
+
+
+def test_exported_backbone_loads_in_timm_and_load_backbone(tmp_path):
+    train(small_cfg(tmp_path, "train.max_steps=2"))
+    meta = json.loads((tmp_path / "backbone.json").read_text())
+    assert meta["arch"] == "regnetx_002" and meta["timm_kwargs"] == {"downsample": "avg"}
+    via_timm = timm.create_model(
+        "regnetx_002",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "backbone.pt")),
+        num_classes=0,
+        downsample="avg",
+    ).eval()
+    from_export, cfg = ckpt_io.load_backbone(tmp_path / "backbone.pt")
+    from_ckpt, cfg2 = ckpt_io.load_backbone(ckpt_io.checkpoint_path(tmp_path, 2), arch="regnetx_002")
+    assert cfg["model"]["arch"] == cfg2["model"]["arch"] == "regnetx_002"
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = via_timm(x)
+        assert ref.shape == (3, 368)
+        torch.testing.assert_close(from_export(x), ref)
+        torch.testing.assert_close(from_ckpt(x), ref)
+        # The trained weights, not timm's initialization.
+        assert not torch.allclose(build_backbone("regnetx_002", downsample="avg").eval()(x), ref)
+
+
+def test_load_backbone_rejects_foreign_files(tmp_path):
+    train(small_cfg(tmp_path, "train.max_steps=1"))
+    ckpt = ckpt_io.checkpoint_path(tmp_path, 1)
+    with pytest.raises(ValueError, match="holds a 'regnetx_002' backbone, not the requested 'regnety_040'"):
+        ckpt_io.load_backbone(ckpt, arch="regnety_040")
+    bare = tmp_path / "bare.pt"
+    torch.save(build_backbone("regnetx_004").state_dict(), bare)
+    with pytest.raises(ValueError, match="without bare.json .* pass arch="):
+        ckpt_io.load_backbone(bare)
+    with pytest.raises(ValueError, match="do not match the architecture: .* missing"):
+        ckpt_io.load_backbone(bare, arch="regnetx_002")
+    junk = tmp_path / "junk.pt"
+    torch.save({"weights": [1, 2, 3]}, junk)
+    with pytest.raises(ValueError, match="neither a seer training checkpoint nor a backbone state dict"):
+        ckpt_io.load_backbone(junk)
+    with pytest.raises(FileNotFoundError):
+        ckpt_io.load_backbone(tmp_path / "nothing.pt")
+
+
+def test_export_command(tmp_path, capsys):
+    train(small_cfg(tmp_path, "train.max_steps=1", "train.export_backbone=false"))
+    ckpt_io.main(["export", str(tmp_path), str(tmp_path / "out" / "trunk.pt")])
+    assert "pretrained_cfg_overlay" in capsys.readouterr().out
+    model, _ = ckpt_io.load_backbone(tmp_path / "out" / "trunk.pt")
+    assert model.num_features == 368
+
+
+# ------------------------------------------------------------------------ two processes
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import torch, torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from seer.config import load_config
+    from seer.train import Trainer
+
+    out, overrides = sys.argv[1], sys.argv[2:]
+    trainer = Trainer(load_config(None, overrides))
+    summary = trainer.fit()
+    full = get_model_state_dict(trainer.raw, options=StateDictOptions(full_state_dict=True))
+    names = [n for n, _ in trainer.raw.named_parameters()]
+    flat = torch.cat([full[n].detach().float().flatten().cpu() for n in names])
+    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    proto = trainer.raw.prototypes.heads[0].weight
+    seen = {}
+    def record(module, inputs, output):
+        seen["trunk"] = f"{output.dtype} {module.weight.dtype}"
+
+    trainer.raw.backbone.stem.conv.register_forward_hook(record)
+    with torch.no_grad(), trainer._autocast():
+        _, scores = trainer.model([torch.randn(4, 3, 32, 32)])
+    if dist.get_rank() == 0:
+        json.dump({
+            "max_diff": max(float((g - gathered[0]).abs().max()) for g in gathered),
+            "n_params": flat.numel(),
+            "loss": summary["final_loss"],
+            "step": summary["step"],
+            "world": dist.get_world_size(),
+            "mode": trainer.info.mode,
+            "proto_dtype": str(getattr(proto, "_local_tensor", proto).dtype),
+            "scores_dtype": str(scores.dtype),
+            "trunk_dtype": seen["trunk"],
+            "optimizer": type(trainer.optimizer).__name__,
+        }, open(out, "w"))
+    dist.destroy_process_group()
+    """
+)
+
+
+def _torchrun(tmp_path: Path, *overrides: str) -> dict:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    out = tmp_path / "result.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(script), str(out), f"run_dir={tmp_path / 'run'}", *SMALL, "train.max_steps=3",
+        "swav.freeze_prototypes_steps=1", "swav.queue_length=64", "swav.queue_start_epoch=0",
+        "train.dist_timeout_s=120", *overrides,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_ddp_with_sharded_lars_two_processes(tmp_path):
+    result = _torchrun(tmp_path, "optimizer.name=lars", "optimizer.lr=0.5", "optimizer.sharded=true")
+    assert (
+        result["world"] == 2 and result["mode"] == "ddp" and result["optimizer"] == "ZeroRedundancyOptimizer"
+    )
+    assert result["step"] == 3 and math.isfinite(result["loss"])
+    assert result["max_diff"] == 0.0
+    # The checkpoint holds both ranks' queues and random states.
+    state = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path / "run", 3))
+    assert state["world_size"] == 2 and len(state["ranks"]) == 2
+    assert not torch.equal(state["ranks"][0]["queue"]["queue"], state["ranks"][1]["queue"]["queue"])
+
+
+def test_fsdp2_two_processes(tmp_path):
+    result = _torchrun(
+        tmp_path, "distributed=fsdp", "train.precision=bf16", "optimizer.name=lars", "optimizer.lr=0.5"
+    )
+    assert result["world"] == 2 and result["mode"] == "fsdp" and result["step"] == 3
+    assert math.isfinite(result["loss"]) and result["max_diff"] == 0.0
+    # bf16 mixed precision in the trunk, the prototypes (and so the loss) in fp32.
+    assert result["trunk_dtype"] == "torch.bfloat16 torch.bfloat16"  # a convolution and its gathered weight
+    assert result["proto_dtype"] == result["scores_dtype"] == "torch.float32"
+    state = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path / "run", 3))
+    assert state["model"]["prototypes.heads.0.weight"].shape == (64, 128)  # saved unsharded
+
+
+# ------------------------------------------------------------------------ options
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("train.precision=bf16",),
+        ("train.precision=fp16",),  # GradScaler path (CPU GradScaler)
+        ("train.grad_checkpointing=true", "train.channels_last=false"),
+        ("optimizer.name=sgd", "optimizer.lr=0.1", "optimizer.grad_clip=1.0", "optimizer.warmup_steps=1"),
+        ("distributed=fsdp",),  # a one-process group: the FSDP2 code path without spawning
+        ("optimizer.sharded=true", "optimizer.name=lars"),  # one process: plain LARS, warned
+    ],
+    ids=["bf16", "fp16", "checkpointing", "sgd-clip", "fsdp-1proc", "sharded-1proc"],
+)
+def test_training_options_run(tmp_path, options):
+    summary = train(small_cfg(tmp_path, "train.max_steps=2", "train.export_backbone=false", *options))
+    assert summary["step"] == 2 and math.isfinite(summary["final_loss"])
+    state = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(tmp_path, 2))
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    if "train.precision=fp16" in options:
+        assert state["scaler"] is not None and state["scaler"]["scale"] > 0
