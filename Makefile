@@ -52,7 +52,7 @@ format: venv
 RUN_DIR ?= runs/default
 demo: build
 	$(PY) -m seer_kernels.demo
-	$(PY) -m seer.train run_dir=$(RUN_DIR)
+	$(PY) -m seer.train -c configs/default.yaml run_dir=$(RUN_DIR)
 	$(PY) -m seer.eval $(RUN_DIR)
 
 bench: build
