@@ -449,6 +449,8 @@ def sinkhorn(
     if check_finite:
         _checks.finite("scores", scores)
     name = _backend.resolve(backend, scores.device)
+    if backend is None and scores.dtype not in _FUSED_DTYPES:
+        name = "reference"  # float64 (an oracle's dtype): no fused kernel takes it
     scores = scores.detach()
     if name == "reference":
         return reference.sinkhorn(scores, epsilon, iterations, process_group)
