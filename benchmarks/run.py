@@ -114,7 +114,10 @@ def rows_from_pytest_json(data: dict) -> list[dict]:
             "median_s": stats["median"],
             "bytes": extra.get("bytes"),
             "flops": extra.get("flops"),
-            "peak_mem_bytes": extra.get("peak_mem_bytes"),
+            "peak_mem_bytes": next(
+                (extra[k] for k in ("peak_mem_bytes", "peak_memory_bytes", "peak_bytes") if k in extra), None
+            ),
+            "extra_info": extra,
         }
         if row["bytes"]:
             row["GBps"] = row["bytes"] / row["median_s"] / 1e9
@@ -136,6 +139,8 @@ def speedups(rows: list[dict]) -> list[dict]:
             if r["baseline"]:
                 continue
             entry = {"group": group, "backend": r["backend"], "median_ms": r["median_s"] * 1e3}
+            if r.get("peak_mem_bytes"):
+                entry["peak_MiB"] = r["peak_mem_bytes"] / 2**20
             if "GBps" in r:
                 entry["GBps"] = r["GBps"]
             if "TFLOPs" in r:
@@ -152,13 +157,14 @@ def markdown(info: dict, ceil: dict, table: list[dict]) -> str:
         f"Ceilings measured in the same run: copy {ceil['copy_GBps']:.1f} GB/s, "
         f"matmul {ceil['matmul_TFLOPs']:.2f} TFLOP/s ({ceil['matmul_dtype']}).",
         "",
-        "| case | backend | ms | GB/s | speed-up vs baselines |",
-        "| --- | --- | ---: | ---: | --- |",
+        "| case | backend | ms | GB/s | peak MiB | speed-up vs baselines |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     for e in table:
         gbps = f"{e['GBps']:.1f}" if "GBps" in e else ""
+        mem = f"{e['peak_MiB']:.1f}" if "peak_MiB" in e else ""
         vs = ", ".join(f"{v:.2f}x {k}" for k, v in e["vs"].items())
-        lines.append(f"| {e['group']} | {e['backend']} | {e['median_ms']:.3f} | {gbps} | {vs} |")
+        lines.append(f"| {e['group']} | {e['backend']} | {e['median_ms']:.3f} | {gbps} | {mem} | {vs} |")
     return "\n".join(lines) + "\n"
 
 
