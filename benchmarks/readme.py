@@ -15,6 +15,8 @@ def newest_per_machine() -> list[Path]:
     newest: dict[str, tuple[str, Path]] = {}
     for path in RESULTS.glob("*.json"):
         data = json.loads(path.read_text())
+        if "machine" not in data:  # not written by benchmarks/run.py (e.g. a raw pytest-benchmark file)
+            continue
         tag = data["machine"].get("gpu") or f"cpu{data['machine']['cores']}"
         date = data["machine"]["date"]
         if tag not in newest or date >= newest[tag][0]:
