@@ -4,23 +4,8 @@
 #include "sinkhorn_kernels.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#pragma GCC target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
-// The vector headers trip warnings that do not apply here: ABI notes for vector
-// returns (every such function is inlined or internal to this file), unknown pragmas
-// (clang's), and a false maybe-uninitialized inside GCC's own intrinsics.
-#pragma GCC diagnostic ignored "-Wpsabi"
-#pragma GCC diagnostic ignored "-Wunknown-pragmas"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-// g++ does not define the ISA macros for a C++ `#pragma GCC target`; the ATen and
-// Sleef headers select their code paths with them, so define them as -m flags would.
-#define __AVX__ 1
-#define __AVX2__ 1
-#define __FMA__ 1
-#define __F16C__ 1
-#define __BMI__ 1
-#define __BMI2__ 1
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
+#define SEER_ISA_AVX2
+#include "isa_target.h"
 #include "sinkhorn_kernels_impl.h"
 
 namespace seer_kernels::cpu::sinkhorn {
