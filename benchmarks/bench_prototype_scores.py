@@ -132,7 +132,7 @@ def test_prototype_scores(benchmark, impl, shape, dtype, mode):
         torch.cuda.reset_peak_memory_stats(DEVICE)
     rounds = ROUNDS[shape]
     benchmark.pedantic(run, setup=setup, rounds=rounds, warmup_rounds=1)
-    median = benchmark.stats.stats.median
+    median = benchmark.extra_info.get("device_median_s", benchmark.stats.stats.median)
     benchmark.extra_info["TFLOPs"] = flops / median / 1e12
     benchmark.extra_info["GBps_floor"] = bytes_floor / median / 1e9
     if DEVICE.type == "cuda":

@@ -61,6 +61,18 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def wrap_triton(kernel):
+    """`torch.library.wrap_triton(kernel)`: a launch that torch.compile can trace. Under
+    TRITON_INTERPRET=1, triton < 3.8 decorates kernels as plain interpreted functions, which
+    torch < 2.14 refuses to wrap; nothing is traced under the interpreter, so those launch bare."""
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    if triton_interpreted() and not isinstance(kernel, (JITFunction, Autotuner)):
+        return kernel
+    return torch.library.wrap_triton(kernel)
+
+
 def _usable(name: str, device_type: str) -> bool:
     if name == "reference":
         return True

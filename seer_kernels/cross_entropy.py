@@ -156,7 +156,7 @@ def _launch_forward(scores, codes, temperature):
     a = codes.shape[0]
     lse = torch.empty((v, b), dtype=torch.float64, device=scores.device)
     partial = torch.empty((b,), dtype=torch.float64, device=scores.device)
-    torch.library.wrap_triton(_xent_fwd_kernel)[(b,)](
+    _backend.wrap_triton(_xent_fwd_kernel)[(b,)](
         scores, codes, lse, partial, v, a, b, k, **_meta(scores, a, temperature)
     )
     return (partial.sum() / _norm(v, a, b)).to(_loss_dtype(scores)), lse
@@ -166,7 +166,7 @@ def _launch_backward(grad_loss, scores, codes, lse, temperature):
     v, b, k = scores.shape
     a = codes.shape[0]
     grad = torch.empty_like(scores)
-    torch.library.wrap_triton(_xent_bwd_kernel)[(b,)](
+    _backend.wrap_triton(_xent_bwd_kernel)[(b,)](
         grad_loss, scores, codes, lse, grad, v, a, b, k, norm=a * (v - 1) * b, **_meta(scores, a, temperature)
     )
     return grad

@@ -336,7 +336,7 @@ def _launch_rnorms(e: torch.Tensor, p: torch.Tensor, rn_e: torch.Tensor, rn_p: t
     block_m, block_d = 32 * _interpreter_scale(e), _pow2(d, 16, 256)
     e_blocks = triton.cdiv(n, block_m)
     grid = (e_blocks + triton.cdiv(k, block_m),)
-    torch.library.wrap_triton(_rnorm_kernel)[grid](
+    _backend.wrap_triton(_rnorm_kernel)[grid](
         e,
         p,
         rn_e,
@@ -363,7 +363,7 @@ def _launch_scores(e, p, rn_e, rn_p, out, normalize: bool) -> None:
     block_d = _pow2(d, 16, 128 // e.element_size() * scale)
     block_n, block_k = _pow2(n, 16, 128), _pow2(k, 16, 128 * scale)
     grid = (triton.cdiv(n, block_n) * triton.cdiv(k, block_k),)
-    torch.library.wrap_triton(_scores_kernel)[grid](
+    _backend.wrap_triton(_scores_kernel)[grid](
         e,
         p,
         rn_e,
@@ -414,7 +414,7 @@ def _launch_grad(g_strides: tuple[int, int], g, x, rn_x, y, rn_y, normalize: boo
         dest = torch.empty((splits, m, d), device=x.device, dtype=rn_x.dtype)
         s_os = dest.stride(0)
     grid = (triton.cdiv(m, block_m), triton.cdiv(d, block_d), splits)
-    torch.library.wrap_triton(_grad_kernel)[grid](
+    _backend.wrap_triton(_grad_kernel)[grid](
         g,
         y,
         rn_y,
@@ -446,7 +446,7 @@ def _launch_grad(g_strides: tuple[int, int], g, x, rn_x, y, rn_y, normalize: boo
     )
     if not direct:
         finish_m = 32 * scale
-        torch.library.wrap_triton(_finish_kernel)[(triton.cdiv(m, finish_m),)](
+        _backend.wrap_triton(_finish_kernel)[(triton.cdiv(m, finish_m),)](
             dest,
             x,
             rn_x,

@@ -275,7 +275,7 @@ def _launch_colstats(
         per = triton.cdiv(triton.cdiv(b, min(programs, triton.cdiv(b, block_b))), block_b) * block_b
         groups = triton.cdiv(b, per)
         partial = torch.empty((groups, 2, k), dtype=torch.float32, device=scores.device)
-        torch.library.wrap_triton(_normalized_colstats_kernel)[(groups,)](
+        _backend.wrap_triton(_normalized_colstats_kernel)[(groups,)](
             scores, log_u, partial, b, k, scores.stride(0), per, epsilon,
             BLOCK_B=block_b, BLOCK_K=block_k, ONE_TILE=one_tile, num_warps=_num_warps(block_b * block_k),
         )  # fmt: skip
@@ -286,7 +286,7 @@ def _launch_colstats(
     per = triton.cdiv(triton.cdiv(b, want), block_b) * block_b
     groups = triton.cdiv(b, per)
     partial = torch.empty((groups, 2, k), dtype=torch.float32, device=scores.device)
-    torch.library.wrap_triton(_plain_colstats_kernel)[(groups, col_tiles)](
+    _backend.wrap_triton(_plain_colstats_kernel)[(groups, col_tiles)](
         scores, log_u, partial, b, k, scores.stride(0), per, epsilon, BLOCK_B=block_b, BLOCK_K=block_k
     )
     return partial, groups
@@ -296,7 +296,7 @@ def _launch_merge(partial, groups, log_u, mode, *, out=None, log_b=0.0, log_k=0.
     k = partial.shape[2]
     block = min(1024, triton.next_power_of_2(k))
     target = log_u if out is None else out
-    torch.library.wrap_triton(_merge_kernel)[(triton.cdiv(k, block),)](
+    _backend.wrap_triton(_merge_kernel)[(triton.cdiv(k, block),)](
         partial, groups, k, target, log_u, log_b, log_k, MODE=mode, BLOCK=block
     )
 
@@ -312,7 +312,7 @@ def _launch_codes(
     b, k = scores.shape
     codes = torch.empty((b, k), dtype=torch.float32, device=scores.device)
     block_b, block_k, one_tile = _row_tile(k, max_one_tile)
-    torch.library.wrap_triton(_codes_kernel)[(triton.cdiv(b, block_b),)](
+    _backend.wrap_triton(_codes_kernel)[(triton.cdiv(b, block_b),)](
         scores, log_u, codes, b, k, scores.stride(0), epsilon, scale,
         BLOCK_B=block_b, BLOCK_K=block_k, ONE_TILE=one_tile, NORMALIZE=normalize_rows,
         num_warps=_num_warps(block_b * block_k),
@@ -334,7 +334,7 @@ def _triton_pipeline(
     if iterations == 0:
         _launch_merge(partial, groups, log_u, 1)
         block = min(1024, triton.next_power_of_2(k))
-        torch.library.wrap_triton(_total_kernel)[(1,)](log_u, k, BLOCK=block)
+        _backend.wrap_triton(_total_kernel)[(1,)](log_u, k, BLOCK=block)
         # B * exp(L - total): B outside the exp keeps the exponent's rounding small.
         return _launch_codes(scores, log_u, epsilon, False, max_one_tile, float(b))
     _launch_merge(partial, groups, log_u, 2, log_k=log_k)
