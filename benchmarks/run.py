@@ -245,8 +245,10 @@ def run_benchmarks(k: str | None, time_budget: float | None) -> tuple[list[dict]
             # 5: every case deselected by -k.
             if code not in (0, 5) or (code == 0 and not raw.exists()):
                 failed.append(path.name)
-            if raw.exists():
-                rows += rows_from_pytest_json(json.loads(raw.read_text()))
+            try:
+                rows += rows_from_pytest_json(json.loads(raw.read_text())) if raw.exists() else []
+            except json.JSONDecodeError:  # a file stopped while pytest wrote its JSON
+                failed.append(path.name)
     return rows, failed
 
 

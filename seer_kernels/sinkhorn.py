@@ -65,7 +65,9 @@ if triton is not None:
         mask = (rows < row_end)[:, None] & (cols < K)[None, :]
         ptrs = scores + rows[:, None].to(tl.int64) * stride_b + cols[None, :]
         x = tl.load(ptrs, mask=mask, other=float("-inf")).to(tl.float32)
-        return tl.div_rn(x, eps) + lu[None, :]
+        # torch.compile passes Python floats as fp64 scalars, eager launches as fp32: the
+        # reference divides fp32 scores by eps rounded to fp32, so both do that here.
+        return tl.div_rn(x, eps.to(tl.float32)) + lu[None, :]
 
     @triton.jit
     def _plain_colstats_kernel(
@@ -159,6 +161,7 @@ if triton is not None:
         BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr, NORMALIZE: tl.constexpr,
     ):  # fmt: skip
         # codes = softmax_k(z) (NORMALIZE) or scale * exp(z) on a BLOCK_B-row tile.
+        scale = scale.to(tl.float32)  # fp64 when torch.compile launches (see _load_z)
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         if ONE_TILE:
             cols = tl.arange(0, BLOCK_K)
@@ -191,6 +194,7 @@ if triton is not None:
         # Merge the groups' (shift, sum) per column. MODE 0: out = merged (2, K) stats;
         # 1: log_u = column logsumexp; 2: log_u = -lse - log K (pass 0);
         # 3: log_u += log B - log K - lse (pass t).
+        log_b, log_k = log_b.to(tl.float32), log_k.to(tl.float32)  # fp64 under torch.compile
         cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = cols < K
         m = tl.full([BLOCK], float("-inf"), tl.float32)

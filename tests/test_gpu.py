@@ -23,8 +23,10 @@ def gpu_backends() -> list[str]:
 
 
 def cosines(*shape, dtype=torch.float32, seed=0):
+    """SwAV-like scores of shape `shape`: unit embeddings (shape[:-1], dim 64) against
+    shape[-1] unit prototypes."""
     g = torch.Generator(device="cuda").manual_seed(seed)
-    x = torch.randn(*shape, 64, device="cuda", generator=g)
+    x = torch.randn(*shape[:-1], 64, device="cuda", generator=g)
     p = torch.randn(shape[-1], 64, device="cuda", generator=g)
     return (F.normalize(x, dim=-1) @ F.normalize(p, dim=-1).t()).to(dtype)
 
