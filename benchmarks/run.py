@@ -243,11 +243,12 @@ def run_benchmarks(k: str | None, time_budget: float | None) -> tuple[list[dict]
                 print(f"{path.name}: stopped after {file_timeout:.0f} s", file=sys.stderr)
                 code = -1
             # 5: every case deselected by -k.
-            if code not in (0, 5) or (code == 0 and not raw.exists()):
-                failed.append(path.name)
+            ok = code in (0, 5) and (code == 5 or raw.exists())
             try:
                 rows += rows_from_pytest_json(json.loads(raw.read_text())) if raw.exists() else []
             except json.JSONDecodeError:  # a file stopped while pytest wrote its JSON
+                ok = False
+            if not ok:
                 failed.append(path.name)
     return rows, failed
 

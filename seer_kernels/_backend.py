@@ -7,8 +7,8 @@ Backends:
   triton     the Triton kernels, CUDA tensors (and CPU tensors when TRITON_INTERPRET=1
              was set before triton was imported; that is how CI tests them).
 
-`backend=None` picks the first usable entry of DEFAULT_ORDER for the tensor's device;
-the environment variable SEER_KERNELS_BACKEND overrides that choice.
+`backend=None` picks the first usable entry of the op's DEFAULT_ORDER for the tensor's
+device; the environment variable SEER_KERNELS_BACKEND overrides that choice.
 """
 
 from __future__ import annotations
@@ -19,8 +19,15 @@ import os
 import torch
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
-# Fastest first, per device type (see benchmarks/results for the measurements).
-DEFAULT_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
+# Fastest first, per op and device type (see benchmarks/results for the measurements).
+# H200, 2026-11-28: prototype_scores' CUDA op (cuBLAS GEMMs) ran 2-4x the Triton GEMMs at
+# every shape and dtype, forward and backward; sinkhorn's Triton pipeline led at K=16384
+# (2.1x the CUDA one) and trailed by ~15% at K=3000.
+DEFAULT_ORDER = {
+    "cpu": ("cpu", "reference"),
+    "cuda": ("triton", "cuda", "reference"),
+    "prototype_scores:cuda": ("cuda", "triton", "reference"),
+}
 
 
 def _load_extension():
@@ -98,12 +105,13 @@ def available_backends(device: str | torch.device | None = None) -> list[str]:
     return [b for b in BACKENDS if _usable(b, device_type)]
 
 
-def resolve(backend: str | None, device: torch.device) -> str:
-    """The backend that runs a call on `device`: explicit argument, else the
+def resolve(backend: str | None, device: torch.device, op: str = "") -> str:
+    """The backend that runs a call of `op` on `device`: explicit argument, else the
     SEER_KERNELS_BACKEND environment variable, else the fastest usable one."""
     requested = backend if backend is not None else os.environ.get("SEER_KERNELS_BACKEND") or None
     if requested is None:
-        for name in DEFAULT_ORDER.get(device.type, ("reference",)):
+        order = DEFAULT_ORDER.get(f"{op}:{device.type}") or DEFAULT_ORDER.get(device.type, ("reference",))
+        for name in order:
             if _usable(name, device.type):
                 return name
         return "reference"

@@ -283,7 +283,7 @@ def swav_cross_entropy(
     Returns: the loss, a 0-dim float32 tensor (float64 for float64 scores).
     """
     temperature = _checks.swav_cross_entropy_args(scores, codes, temperature)
-    name = _backend.resolve(backend, scores.device)
+    name = _backend.resolve(backend, scores.device, "swav_cross_entropy")
     codes = codes.detach()
     if name == "reference":
         return reference.swav_cross_entropy(scores, codes, temperature)

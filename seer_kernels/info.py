@@ -38,7 +38,12 @@ def report() -> list[str]:
         lines.append("gpu          none visible")
     for device in ("cpu", "cuda"):
         usable = _backend.available_backends(device)
-        default = _backend.resolve(None, torch.device(device))
+        ops = ("sinkhorn", "prototype_scores", "swav_cross_entropy")
+        defaults = {op: _backend.resolve(None, torch.device(device), op) for op in ops}
+        if len(set(defaults.values())) == 1:
+            default = next(iter(defaults.values()))
+        else:
+            default = ", ".join(f"{op} {name}" for op, name in defaults.items())
         lines.append(f"{device:<4} backends {', '.join(usable)} (default: {default})")
     return lines
 

@@ -592,7 +592,7 @@ def prototype_scores(
     _checks.prototype_scores_args(embeddings, prototypes)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
-    name = _backend.resolve(backend, embeddings.device)
+    name = _backend.resolve(backend, embeddings.device, "prototype_scores")
     embeddings, prototypes = _same_dtype(embeddings, prototypes)
     if name == "reference":
         return reference.prototype_scores(embeddings, prototypes, normalize)

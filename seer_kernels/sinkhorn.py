@@ -452,7 +452,7 @@ def sinkhorn(
     epsilon, iterations = _checks.sinkhorn_args(scores, epsilon, iterations)
     if check_finite:
         _checks.finite("scores", scores)
-    name = _backend.resolve(backend, scores.device)
+    name = _backend.resolve(backend, scores.device, "sinkhorn")
     if backend is None and scores.dtype not in _FUSED_DTYPES:
         name = "reference"  # float64 (an oracle's dtype): no fused kernel takes it
     scores = scores.detach()

@@ -155,6 +155,15 @@ def test_available_backends_and_resolution(monkeypatch):
     assert _backend.resolve(None, cpu) == "reference"
     with pytest.raises(ValueError, match="backend must be one of"):
         _backend.resolve("fastest", cpu)
+    monkeypatch.delenv("SEER_KERNELS_BACKEND")
+    # The order is per op where measurements disagree (on an H200, prototype_scores' CUDA
+    # GEMMs beat the Triton ones; sinkhorn's Triton pipeline beats the CUDA one).
+    monkeypatch.setattr(_backend, "_usable", lambda name, device_type: True)
+    gpu = torch.device("cuda")
+    assert _backend.resolve(None, gpu, "prototype_scores") == "cuda"
+    assert _backend.resolve(None, gpu, "sinkhorn") == "triton"
+    assert _backend.resolve(None, gpu) == "triton"
+    monkeypatch.undo()
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match=r"'cuda' is not available for cpu tensors; available: \["):
             sk.sinkhorn(torch.rand(4, 3), backend="cuda")
