@@ -263,7 +263,8 @@ class FolderSource:
         self.files, self.listing_skips = list_images(cfg.path)
         self.cfg, self.batch, self.shard, self.seed = cfg, batch, shard, seed
         self.dataset = FolderDataset(self.files, cfg.image_size, cfg.max_consecutive_failures)
-        skipped = f", {self.listing_skips} entries skipped while listing" if self.listing_skips else ""
+        n = self.listing_skips
+        skipped = f", {n} {'entry' if n == 1 else 'entries'} skipped while listing" if n else ""
         self.description = f"folder {cfg.path} ({len(self.files)} files{skipped}, {cfg.image_size} px)"
 
     def __len__(self) -> int:
