@@ -8,9 +8,11 @@
 
 Every source yields batches of (B, 3, S, S) images (float in [0, 1] for digits, uint8 for
 decoded files: four times less to move to the device) plus the number of samples skipped
-while building the batch. Unreadable images (corrupt, truncated, zero bytes, not an image)
-are skipped with a warning and counted, never a crash; a missing or empty source is a
-clear error naming the path.
+while building the batch. Unreadable images (corrupt, truncated, zero bytes, not an image,
+no read permission, deleted since the listing) are skipped with a warning and counted,
+never a crash; so are a folder's unreadable directories and non-regular files (FIFOs,
+broken links), found while listing and counted with the run's first batch. A missing,
+empty or unlistable source is a clear error naming the path.
 
 Data position: batch `i` of epoch `e` is a pure function of (seed, e, i, rank), so a
 checkpoint stores (epoch, batch index) and a resumed run continues with the next batch.
@@ -98,11 +100,11 @@ class SkipLog:
     def __init__(self) -> None:
         self.count = 0
 
-    def skip(self, what: str, reason: str) -> None:
+    def skip(self, what: str, reason: str, kind: str = "unreadable image") -> None:
         self.count += 1
         if self.count <= _WARN_FIRST or self.count % _WARN_EVERY == 0:
             more = f" (skipped {self.count} so far in this process)" if self.count >= _WARN_FIRST else ""
-            warnings.warn(f"skipping unreadable image {what}: {reason}{more}", stacklevel=2)
+            warnings.warn(f"skipping {kind} {what}: {reason}{more}", stacklevel=2)
 
 
 # ------------------------------------------------------------------------ epoch order
@@ -159,34 +161,60 @@ class DigitsSource:
 # ------------------------------------------------------------------------ folder
 
 
-def list_images(root: str | Path) -> list[str]:
-    """Image files under `root`, recursively, sorted; follows directory symlinks but never
-    twice into the same directory (no symlink loops); unreadable directories are warned
-    about and skipped."""
+def list_images(root: str | Path) -> tuple[list[str], int]:
+    """Image files under `root`, recursively, sorted, and the number of entries skipped
+    while listing. Follows directory symlinks but never twice into the same directory (no
+    symlink loops). Only regular files are listed: a FIFO named x.jpg would block its
+    reader forever. An unreadable or vanished directory, and a FIFO, device, socket or
+    broken link with an image name, is warned about, skipped and counted; an unreadable
+    root is an error naming it. One scandir per directory and no stat per plain file (the
+    entry types come with the listing), so the cost is linear in the number of entries."""
     root = Path(root)
     if not root.exists():
         raise ConfigError(f"data.path {str(root)!r} does not exist")
     if not root.is_dir():
         raise ConfigError(f"data.path {str(root)!r} is not a directory (data.source=folder)")
+    log = SkipLog()
     seen: set[tuple[int, int]] = set()
-    files = []
-
-    def on_error(err: OSError) -> None:
-        warnings.warn(f"skipping unreadable directory {err.filename}: {err.strerror}", stacklevel=2)
-
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=on_error):
-        st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen:
-            dirnames[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirnames.sort()
-        files += [os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS)]
+    files: list[str] = []
+    pending = [str(root)]
+    while pending:
+        directory = pending.pop()
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    _list_entry(entry, files, pending, log)
+        except OSError as exc:
+            if directory == str(root):
+                raise ConfigError(
+                    f"data.path {str(root)!r} cannot be listed: {exc.strerror or exc}"
+                ) from None
+            log.skip(directory, f"{type(exc).__name__}: {exc.strerror or exc}", kind="unreadable directory")
     if not files:
+        skipped = f" ({log.count} unreadable entries skipped)" if log.count else ""
         raise ConfigError(
-            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under data.path {str(root)!r}"
+            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under data.path {str(root)!r}{skipped}"
         )
-    return sorted(files)
+    return sorted(files), log.count
+
+
+def _list_entry(entry: os.DirEntry, files: list[str], pending: list[str], log: SkipLog) -> None:
+    """Sorts one directory entry into `files` (an image), `pending` (a directory to list)
+    or the skip log; anything else is ignored."""
+    try:
+        if entry.is_dir():  # follows symlinks, as data.path may be a farm of links
+            pending.append(entry.path)
+        elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            if entry.is_file():
+                files.append(entry.path)
+            else:
+                log.skip(entry.path, "a FIFO, device, socket or broken link", kind="non-regular file")
+    except OSError as exc:  # vanished, or its type unreadable, since the directory was read
+        log.skip(entry.path, f"{type(exc).__name__}: {exc.strerror or exc}", kind="unlistable entry")
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -232,10 +260,12 @@ class _OffsetBatches(torch.utils.data.Sampler):
 
 class FolderSource:
     def __init__(self, cfg: DataConfig, batch: int, shard: Shard, seed: int) -> None:
-        self.files = list_images(cfg.path)
+        self.files, self.listing_skips = list_images(cfg.path)
         self.cfg, self.batch, self.shard, self.seed = cfg, batch, shard, seed
         self.dataset = FolderDataset(self.files, cfg.image_size, cfg.max_consecutive_failures)
-        self.description = f"folder {cfg.path} ({len(self.files)} files, {cfg.image_size} px)"
+        n = self.listing_skips
+        skipped = f", {n} {'entry' if n == 1 else 'entries'} skipped while listing" if n else ""
+        self.description = f"folder {cfg.path} ({len(self.files)} files{skipped}, {cfg.image_size} px)"
 
     def __len__(self) -> int:
         return len(self.files)
@@ -252,7 +282,12 @@ class FolderSource:
             collate_fn=collate,
             pin_memory=torch.cuda.is_available(),
         )
-        yield from loader
+        # The listing's skips join the count once per run: with the first batch of the
+        # first epoch (a resumed run has them in its checkpointed counters already).
+        listing = self.listing_skips if (epoch, start) == (0, 0) else 0
+        for images, skipped in loader:
+            yield images, skipped + listing
+            listing = 0
 
 
 # ------------------------------------------------------------------------ webdataset

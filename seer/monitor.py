@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import time
 from collections import defaultdict
@@ -70,6 +71,17 @@ def prototype_stats(scores: torch.Tensor) -> dict[str, float]:
     return {"proto_spread": float(spread), "proto_usage": float(usage)}
 
 
+def rss_mb() -> float | None:
+    """Resident memory of this process now (Linux /proc; None elsewhere). The peak alone
+    (ru_maxrss) cannot show a slow leak once the first steps have set it."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
     out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     if device.type == "cuda":
@@ -94,8 +106,13 @@ class MetricsLog:
                 self.tb = None
 
     def write(self, record: dict) -> None:
+        """Appends `record`, stamped with the resident memory now (rss_mb), so a leak
+        shows in the metrics of any long run, not only in a soak test."""
         if not self.enabled:
             return
+        rss = rss_mb()
+        if rss is not None:
+            record = {**record, "rss_mb": round(rss, 1)}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:

@@ -20,6 +20,12 @@ every crop (C_v is built in registers from the A code rows), and scores are read
 (online logsumexp over K blocks). Bytes: forward V B K e_s + A B K e_c + 8 V B + 8 B;
 backward 2 V B K e_s + 2 A B K e_c + 8 V B (one extra pass over the codes for R_v, since
 only lse is kept). FLOPs: ~ V B K (A + 5) each way plus one exp per score element.
+
+Memory, CPU backend (measured at K = 65536 by tests/test_memory.py): forward, the V B
+fp64 logsumexps it keeps for backward and B fp64 partial losses; backward, the (V, B, K)
+gradient. Each direction also uses (A + 2) K accumulation-type values per thread (rows
+converted from other dtypes: the A code rows, one score row, one gradient row; allocated
+whatever the dtypes). Nothing else of size B K, except contiguous copies of strided inputs.
 """
 
 from __future__ import annotations

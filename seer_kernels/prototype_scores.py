@@ -30,6 +30,14 @@ Triton algorithm (E (N, D), P (K, D), G = d loss / d scores (N, K)):
             leave a few ulp of |d| rn where the true gradient is ~0.
             bytes: G read twice (2 N K s), E and P read ~2x, d_E and d_P written once;
             FLOPs 4 N K D.
+
+Memory, CPU backend (measured at K = 65536 by tests/test_memory.py): forward, besides
+the (N, K) scores, normalized copies of both operands ((N + K) D in the GEMM dtype), the
+N + K inverse norms and the BLAS GEMM's own packing buffers (a few MiB per thread).
+Backward, besides the (N, D) and (K, D) gradients, the normalized copies again and 3 D
+values per thread. Nothing else of size N K for fp32, bf16 and fp64; fp16 runs its GEMMs
+in fp32 (ATen's fp16 CPU GEMM is 5-10x slower), so it also holds the scores, and in
+backward the incoming gradient, as an (N, K) fp32 array.
 """
 
 from __future__ import annotations
