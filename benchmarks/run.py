@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -213,10 +214,29 @@ def write_results(rows, info, ceil, out_dir: Path) -> Path:
 _SUMMARY_SECONDS = 20.0
 
 
+def _run_with_budget(cmd: list[str], timeout: float | None, name: str) -> int:
+    """Run `cmd`; past `timeout` seconds interrupt it like Ctrl-C, so pytest ends the
+    session and pytest-benchmark still writes the cases it finished (killed only if it
+    does not end within 30 s). Returns the exit code, -1 when it had to be stopped."""
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"{name}: interrupted after {timeout:.0f} s; keeping the cases it finished", file=sys.stderr)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return -1
+
+
 def run_benchmarks(k: str | None, time_budget: float | None) -> tuple[list[dict], list[str]]:
     """Run each bench_*.py in its own pytest, so that a file that fails or overruns loses
-    only its own rows. With a time budget, each file may take an equal share of what is
-    left (a file that ends early leaves its time to the next). Returns (rows, failed files)."""
+    only its own unfinished cases. With a time budget, each file may take an equal share of
+    what is left (a file that ends early leaves its time to the next). Returns (rows,
+    files that failed or were stopped)."""
     rows: list[dict] = []
     failed: list[str] = []
     paths = sorted(HERE.glob("bench_*.py"))
@@ -237,11 +257,7 @@ def run_benchmarks(k: str | None, time_budget: float | None) -> tuple[list[dict]
                 "-q",
             ]
             cmd += ["-p", "no:cacheprovider"] + (["-k", k] if k else [])
-            try:
-                code = subprocess.call(cmd, timeout=file_timeout)
-            except subprocess.TimeoutExpired:
-                print(f"{path.name}: stopped after {file_timeout:.0f} s", file=sys.stderr)
-                code = -1
+            code = _run_with_budget(cmd, file_timeout, path.name)
             # 5: every case deselected by -k.
             ok = code in (0, 5) and (code == 5 or raw.exists())
             try:
