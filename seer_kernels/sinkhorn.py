@@ -75,7 +75,7 @@ if triton is not None:
         x = tl.load(ptrs, mask=mask, other=float("-inf")).to(tl.float32)
         # torch.compile passes Python floats as fp64 scalars, eager launches as fp32: the
         # reference divides fp32 scores by eps rounded to fp32, so both do that here.
-        return tl.div_rn(x, eps.to(tl.float32)) + lu[None, :]
+        return tl.div_rn(x, tl.cast(eps, tl.float32)) + lu[None, :]
 
     @triton.jit
     def _plain_colstats_kernel(
@@ -169,7 +169,7 @@ if triton is not None:
         BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr, NORMALIZE: tl.constexpr,
     ):  # fmt: skip
         # codes = softmax_k(z) (NORMALIZE) or scale * exp(z) on a BLOCK_B-row tile.
-        scale = scale.to(tl.float32)  # fp64 when torch.compile launches (see _load_z)
+        scale = tl.cast(scale, tl.float32)  # fp64 when torch.compile launches (see _load_z)
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         if ONE_TILE:
             cols = tl.arange(0, BLOCK_K)
@@ -198,21 +198,35 @@ if triton is not None:
                 tl.store(codes + rows[:, None].to(tl.int64) * K + cols[None, :], y, mask=mask)
 
     @triton.jit
-    def _merge_kernel(partial, groups, K, out, log_u, log_b, log_k, MODE: tl.constexpr, BLOCK: tl.constexpr):
+    def _merge_kernel(
+        partial, groups, K, out, log_u, log_b, log_k,
+        MODE: tl.constexpr, BLOCK: tl.constexpr, GROUP_BLOCK: tl.constexpr,
+    ):  # fmt: skip
         # Merge the groups' (shift, sum) per column. MODE 0: out = merged (2, K) stats;
         # 1: log_u = column logsumexp; 2: log_u = -lse - log K (pass 0);
-        # 3: log_u += log B - log K - lse (pass t).
-        log_b, log_k = log_b.to(tl.float32), log_k.to(tl.float32)  # fp64 under torch.compile
+        # 3: log_u += log B - log K - lse (pass t). A program takes BLOCK columns and
+        # reduces GROUP_BLOCK groups per step as a tile: the serial depth is
+        # 2 G / GROUP_BLOCK loads, not 2 G, and narrow BLOCKs give K / BLOCK programs.
+        log_b, log_k = tl.cast(log_b, tl.float32), tl.cast(log_k, tl.float32)  # fp64 under torch.compile
         cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = cols < K
         m = tl.full([BLOCK], float("-inf"), tl.float32)
-        for g in range(groups):
-            m = tl.maximum(m, tl.load(partial + g * 2 * K + cols, mask=mask, other=0.0))
+        for g0 in range(0, groups, GROUP_BLOCK):
+            g = g0 + tl.arange(0, GROUP_BLOCK)
+            tile_mask = (g < groups)[:, None] & mask[None, :]
+            ptrs = partial + g[:, None].to(tl.int64) * 2 * K + cols[None, :]
+            m = tl.maximum(m, tl.max(tl.load(ptrs, mask=tile_mask, other=float("-inf")), axis=0))
         shift = _finite_or_zero(m)
         s = tl.zeros([BLOCK], tl.float32)
-        for g in range(groups):
-            g_shift = tl.load(partial + g * 2 * K + cols, mask=mask, other=0.0)
-            s += tl.load(partial + g * 2 * K + K + cols, mask=mask, other=0.0) * tl.exp(g_shift - shift)
+        for g0 in range(0, groups, GROUP_BLOCK):
+            g = g0 + tl.arange(0, GROUP_BLOCK)
+            tile_mask = (g < groups)[:, None] & mask[None, :]
+            ptrs = partial + g[:, None].to(tl.int64) * 2 * K + cols[None, :]
+            # Stored shifts are finite and <= shift, so exp() <= 1; padding rows give
+            # exp(-inf) * 0 = 0.
+            g_shift = tl.load(ptrs, mask=tile_mask, other=float("-inf"))
+            g_sum = tl.load(ptrs + K, mask=tile_mask, other=0.0)
+            s += tl.sum(g_sum * tl.exp(g_shift - shift[None, :]), axis=0)
         lse = shift + tl.log(s)
         if MODE == 0:
             tl.store(out + cols, shift, mask=mask)
@@ -305,11 +319,15 @@ def _launch_colstats(
 
 
 def _launch_merge(partial, groups, log_u, mode, *, out=None, log_b=0.0, log_k=0.0) -> None:
+    # 64 columns (256 B rows of the tile) x 32 groups per step: K / 64 programs (47 at
+    # K = 3000; one 1024-wide program per 1024 columns left 3 programs walking all G
+    # groups one by one, latency-bound on a 132-SM GPU).
     k = partial.shape[2]
-    block = min(1024, triton.next_power_of_2(k))
+    block = min(64, triton.next_power_of_2(k))
+    group_block = min(32, triton.next_power_of_2(groups))
     target = log_u if out is None else out
     _backend.wrap_triton(_merge_kernel)[(triton.cdiv(k, block),)](
-        partial, groups, k, target, log_u, log_b, log_k, MODE=mode, BLOCK=block
+        partial, groups, k, target, log_u, log_b, log_k, MODE=mode, BLOCK=block, GROUP_BLOCK=group_block
     )
 
 

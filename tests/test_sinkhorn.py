@@ -191,6 +191,24 @@ def test_triton_wide_row_path(b, k, iters):
     _check(out, s, 0.02, iters, f"triton wide {b}x{k} T={iters}")
 
 
+@needs_triton
+@pytest.mark.parametrize(("groups", "k"), [(1, 1), (37, 70), (70, 129)])
+def test_triton_merge_many_groups(groups, k):
+    """The merge reduces GROUP_BLOCK groups per step: more groups than one step (a GPU
+    launches ~2 per SM; the interpreter's pipeline only 3), an empty group (sum 0 with a
+    finite shift, as colstats stores it) and shifts far apart, against float64."""
+    gen = torch.Generator().manual_seed(groups * 1000 + k)
+    shift = torch.randn(groups, k, generator=gen, dtype=torch.float64) * 40
+    total = torch.rand(groups, k, generator=gen, dtype=torch.float64) * 5
+    total[groups // 2, : k // 2] = 0.0
+    partial = torch.stack([shift, total], 1).float()
+    p64 = partial.double()
+    want = (p64[:, 1] * torch.exp(p64[:, 0] - p64[:, 0].amax(0))).sum(0).log() + p64[:, 0].amax(0)
+    log_u = torch.empty(k)
+    SK._launch_merge(partial, groups, log_u, 1)
+    torch.testing.assert_close(log_u.double(), want, rtol=0, atol=2e-5 * max(1.0, want.abs().max().item()))
+
+
 # ---------------------------------------------------------------------- grid: GPU
 
 GPU_GRID = [

@@ -24,7 +24,7 @@ CONSTEXPRS = {
     "_plain_colstats_kernel": {"BLOCK_B": 16, "BLOCK_K": 128},
     "_normalized_colstats_kernel": {"BLOCK_B": 16, "BLOCK_K": 128, "ONE_TILE": True},
     "_codes_kernel": {"BLOCK_B": 16, "BLOCK_K": 128, "ONE_TILE": False, "NORMALIZE": True},
-    "_merge_kernel": {"MODE": 3, "BLOCK": 256},
+    "_merge_kernel": {"MODE": 3, "BLOCK": 64, "GROUP_BLOCK": 32},
     "_total_kernel": {"BLOCK": 256},
     "_xent_fwd_kernel": {"VP": 8, "AP": 2, "BK": 256, "F64": False},
     "_xent_bwd_kernel": {"VP": 8, "AP": 2, "BK": 256, "F64": False},
