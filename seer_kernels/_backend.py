@@ -20,9 +20,9 @@ import torch
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 # Fastest first, per op and device type (see benchmarks/results for the measurements).
-# H200, 2026-11-28: prototype_scores' CUDA op (cuBLAS GEMMs) ran 2-4x the Triton GEMMs at
-# every shape and dtype, forward and backward; sinkhorn's Triton pipeline led at K=16384
-# (2.1x the CUDA one) and trailed by ~15% at K=3000.
+# H200, 2026-11-28: prototype_scores' CUDA op (cuBLAS GEMMs) was 1.9-7.3x faster than the
+# Triton GEMMs at every shape and dtype, forward and backward; sinkhorn's Triton pipeline
+# led at K=16384 (2.1x the CUDA one) and trailed by ~15% at K=3000.
 DEFAULT_ORDER = {
     "cpu": ("cpu", "reference"),
     "cuda": ("triton", "cuda", "reference"),
