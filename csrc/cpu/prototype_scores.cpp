@@ -44,6 +44,8 @@
 #include <utility>
 #include <vector>
 
+#include "../op_checks.h"
+
 namespace seer_kernels::cpu {
 namespace {
 
@@ -285,14 +287,7 @@ RowPass<scalar_t> row_pass(const Tensor& e, const Tensor& p, const Tensor& rn_e,
 }
 
 void check_operands(const Tensor& e, const Tensor& p) {
-  TORCH_CHECK(e.dim() == 2 && p.dim() == 2,
-              "prototype_scores: embeddings (N, D) and prototypes (K, D) must be 2-D");
-  TORCH_CHECK(e.size(1) == p.size(1),
-              "prototype_scores: embeddings and prototypes must have the same D");
-  TORCH_CHECK(e.scalar_type() == p.scalar_type(),
-              "prototype_scores: embeddings and prototypes must have one dtype");
-  TORCH_CHECK(at::isFloatingType(e.scalar_type()),
-              "prototype_scores: inputs must be floating point");
+  check_prototype_operands(e, p);  // op_checks.h
 }
 
 void check_rnorm(const Tensor& rn, const Tensor& x, const char* name) {

@@ -25,6 +25,8 @@
 #include <tuple>
 #include <vector>
 
+#include "../op_checks.h"
+
 namespace seer_kernels::xent {
 namespace {
 
@@ -39,34 +41,11 @@ RowKernels select_kernels() {
   return row_kernels_default();
 }
 
-bool supported_float(c10::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-// The op-level contract (the Python wrapper has already given friendlier messages).
+// The op-level contract (op_checks.h) on CPU tensors.
 void check_operands(const Tensor& scores, const Tensor& codes, double temperature) {
-  TORCH_CHECK(scores.dim() == 3, "swav_cross_entropy: scores must be (V, B, K), got ",
-              scores.sizes());
-  TORCH_CHECK(codes.dim() == 3, "swav_cross_entropy: codes must be (A, B, K), got ", codes.sizes());
+  check_xent_operands(scores, codes, temperature);
   TORCH_CHECK(scores.device().is_cpu() && codes.device().is_cpu(),
               "swav_cross_entropy (CPU): scores and codes must be CPU tensors");
-  TORCH_CHECK(supported_float(scores.scalar_type()),
-              "swav_cross_entropy: scores must be float32/float64/float16/bfloat16, got ",
-              scores.scalar_type());
-  TORCH_CHECK(supported_float(codes.scalar_type()),
-              "swav_cross_entropy: codes must be float32/float64/float16/bfloat16, got ",
-              codes.scalar_type());
-  const int64_t V = scores.size(0), A = codes.size(0);
-  TORCH_CHECK(V >= 2, "swav_cross_entropy: scores must hold V >= 2 crops, got V=", V);
-  TORCH_CHECK(A >= 1 && A <= V, "swav_cross_entropy: codes must hold 1 <= A <= V crops, got A=", A,
-              " with V=", V);
-  TORCH_CHECK(codes.size(1) == scores.size(1) && codes.size(2) == scores.size(2),
-              "swav_cross_entropy: codes ", codes.sizes(), " must match scores ", scores.sizes(),
-              " in B and K");
-  TORCH_CHECK(scores.size(1) > 0 && scores.size(2) > 0,
-              "swav_cross_entropy: scores must not be empty, got ", scores.sizes());
-  TORCH_CHECK(temperature > 0.0 && std::isfinite(temperature),
-              "swav_cross_entropy: temperature must be finite and > 0, got ", temperature);
 }
 
 c10::ScalarType loss_dtype(const Tensor& scores) {

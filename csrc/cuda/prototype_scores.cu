@@ -30,6 +30,8 @@
 
 #include <tuple>
 
+#include "../op_checks.h"
+
 namespace seer_kernels::cuda {
 namespace {
 
@@ -121,16 +123,9 @@ unsigned int row_blocks(int64_t m) {
 }
 
 void check_operands(const Tensor& e, const Tensor& p) {
-  TORCH_CHECK(e.dim() == 2 && p.dim() == 2,
-              "prototype_scores: embeddings (N, D) and prototypes (K, D) must be 2-D");
-  TORCH_CHECK(e.size(1) == p.size(1),
-              "prototype_scores: embeddings and prototypes must have the same D");
-  TORCH_CHECK(e.scalar_type() == p.scalar_type(),
-              "prototype_scores: embeddings and prototypes must have one dtype");
+  check_prototype_operands(e, p);  // op_checks.h
   TORCH_CHECK(e.is_cuda() && p.device() == e.device(),
               "prototype_scores: inputs must be on one CUDA device");
-  TORCH_CHECK(at::isFloatingType(e.scalar_type()),
-              "prototype_scores: inputs must be floating point");
 }
 
 // Normalized copy of x (input dtype); fills rn when compute_rn, else reads it.

@@ -32,6 +32,8 @@
 #include <limits>
 #include <tuple>
 
+#include "../op_checks.h"
+
 namespace seer_kernels::xent_cuda {
 namespace {
 
@@ -154,30 +156,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-bool supported_float(c10::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
+// The op-level contract (op_checks.h) on one CUDA device.
 void check_operands(const Tensor& scores, const Tensor& codes, double temperature) {
-  TORCH_CHECK(scores.dim() == 3, "swav_cross_entropy: scores must be (V, B, K), got ",
-              scores.sizes());
-  TORCH_CHECK(codes.dim() == 3, "swav_cross_entropy: codes must be (A, B, K), got ", codes.sizes());
+  check_xent_operands(scores, codes, temperature);
   TORCH_CHECK(scores.is_cuda() && codes.device() == scores.device(),
               "swav_cross_entropy (CUDA): scores and codes must be on one CUDA device");
-  TORCH_CHECK(supported_float(scores.scalar_type()) && supported_float(codes.scalar_type()),
-              "swav_cross_entropy: scores and codes must be float32/float64/float16/bfloat16, got ",
-              scores.scalar_type(), " and ", codes.scalar_type());
-  const int64_t V = scores.size(0), A = codes.size(0);
-  TORCH_CHECK(V >= 2, "swav_cross_entropy: scores must hold V >= 2 crops, got V=", V);
-  TORCH_CHECK(A >= 1 && A <= V, "swav_cross_entropy: codes must hold 1 <= A <= V crops, got A=", A,
-              " with V=", V);
-  TORCH_CHECK(codes.size(1) == scores.size(1) && codes.size(2) == scores.size(2),
-              "swav_cross_entropy: codes ", codes.sizes(), " must match scores ", scores.sizes(),
-              " in B and K");
-  TORCH_CHECK(scores.size(1) > 0 && scores.size(2) > 0,
-              "swav_cross_entropy: scores must not be empty, got ", scores.sizes());
-  TORCH_CHECK(temperature > 0.0 && std::isfinite(temperature),
-              "swav_cross_entropy: temperature must be finite and > 0, got ", temperature);
 }
 
 c10::ScalarType acc_dtype(const Tensor& scores) {

@@ -1,0 +1,54 @@
+// Argument checks shared by the CPU and CUDA kernels of prototype_scores and
+// swav_cross_entropy: the op-level contract for direct torch.ops calls (the Python
+// wrappers check first, with friendlier messages). Device checks stay with each backend.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+namespace seer_kernels {
+
+inline bool supported_float(c10::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// embeddings (N, D) and prototypes (K, D) of one floating dtype.
+inline void check_prototype_operands(const at::Tensor& e, const at::Tensor& p) {
+  TORCH_CHECK(e.dim() == 2 && p.dim() == 2,
+              "prototype_scores: embeddings (N, D) and prototypes (K, D) must be 2-D");
+  TORCH_CHECK(e.size(1) == p.size(1),
+              "prototype_scores: embeddings and prototypes must have the same D");
+  TORCH_CHECK(e.scalar_type() == p.scalar_type(),
+              "prototype_scores: embeddings and prototypes must have one dtype");
+  TORCH_CHECK(at::isFloatingType(e.scalar_type()),
+              "prototype_scores: inputs must be floating point");
+}
+
+// scores (V, B, K) with V >= 2, codes (A, B, K) with 1 <= A <= V, a finite temperature > 0.
+inline void check_xent_operands(const at::Tensor& scores, const at::Tensor& codes,
+                                double temperature) {
+  TORCH_CHECK(scores.dim() == 3, "swav_cross_entropy: scores must be (V, B, K), got ",
+              scores.sizes());
+  TORCH_CHECK(codes.dim() == 3, "swav_cross_entropy: codes must be (A, B, K), got ", codes.sizes());
+  TORCH_CHECK(supported_float(scores.scalar_type()),
+              "swav_cross_entropy: scores must be float32/float64/float16/bfloat16, got ",
+              scores.scalar_type());
+  TORCH_CHECK(supported_float(codes.scalar_type()),
+              "swav_cross_entropy: codes must be float32/float64/float16/bfloat16, got ",
+              codes.scalar_type());
+  const int64_t V = scores.size(0), A = codes.size(0);
+  TORCH_CHECK(V >= 2, "swav_cross_entropy: scores must hold V >= 2 crops, got V=", V);
+  TORCH_CHECK(A >= 1 && A <= V, "swav_cross_entropy: codes must hold 1 <= A <= V crops, got A=", A,
+              " with V=", V);
+  TORCH_CHECK(codes.size(1) == scores.size(1) && codes.size(2) == scores.size(2),
+              "swav_cross_entropy: codes ", codes.sizes(), " must match scores ", scores.sizes(),
+              " in B and K");
+  TORCH_CHECK(scores.size(1) > 0 && scores.size(2) > 0,
+              "swav_cross_entropy: scores must not be empty, got ", scores.sizes());
+  TORCH_CHECK(temperature > 0.0 && std::isfinite(temperature),
+              "swav_cross_entropy: temperature must be finite and > 0, got ", temperature);
+}
+
+}  // namespace seer_kernels
