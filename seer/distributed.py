@@ -161,7 +161,16 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
     if isinstance(optimizer, ZeroRedundancyOptimizer):
         optimizer.load_state_dict(state)
         return
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    # A parameter that never had a gradient has no optimizer state, such as the prototypes
+    # during swav.freeze_prototypes_steps: strict=False lets such a checkpoint load.
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_optimizer_state_dict(model, optimizer, state, options=options)
+    # Loading gives every parameter state first (torch steps once with zero gradients); a
+    # parameter the checkpoint has none for must have none, as in the uninterrupted run,
+    # or AdamW's step count (its bias correction) runs one ahead once it is unfrozen.
+    for name, param in model.named_parameters():
+        if name not in state["state"]:
+            optimizer.state.pop(param, None)
 
 
 def gather_to_main(obj, info: DistInfo) -> list | None:
