@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # The venv first on PATH: its ninja (for cmake), python and tools.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv build test test-py ctest lint format demo bench clean
+.PHONY: venv build test test-py test-slow ctest lint format demo bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +30,13 @@ ctest: venv
 	cmake --build build/cmake
 	ctest --test-dir build/cmake --output-on-failure
 
+# Tests marked slow (soaks) run reduced in CI; `make test-slow` runs their long forms.
 test-py: build
 	$(PY) -m seer_kernels.info
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+test-slow: build
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) tests
 
 test: build ctest test-py
 
