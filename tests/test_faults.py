@@ -42,8 +42,10 @@ from seer.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The smallest trainer config of tests/test_train.py, bitwise deterministic on the CPU.
+# The smallest trainer config of tests/test_train.py, bitwise deterministic on the CPU
+# (also on a machine with a GPU: these are gloo tests).
 TINY = [
+    "device=cpu",
     "train.batch_size=16",
     "train.progress=false",
     "train.threads=1",
