@@ -80,8 +80,36 @@ def setup(cfg: Config) -> DistInfo:
     timeout = datetime.timedelta(seconds=cfg.train.dist_timeout_s)
     if not dist.is_initialized():
         kwargs = {"device_id": device} if device.type == "cuda" else {}
+        store = _restart_scoped_store(world, timeout)
+        if store is not None:
+            kwargs.update(store=store, rank=int(os.environ["RANK"]), world_size=world)
         dist.init_process_group(backend, timeout=timeout, **kwargs)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device, mode)
+
+
+def _restart_scoped_store(world: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun's shared agent store, the store scoped to this restart attempt.
+
+    torchrun (torch 2.14) keeps one TCPStore for all restarts of `--max-restarts`, so the
+    gloo/NCCL addresses the killed attempt published are still there: a restarted rank
+    that reads its peer's dead address before the peer rewrites it (a race) fails its init
+    after a long connection retry (~100 s seen). The restart count is the same for all
+    ranks of one node, so a prefix with it gives each attempt fresh keys. Across nodes the counts can differ (an
+    agent restarts healthy workers without counting); multi-node elastic jobs should run
+    torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, a fresh store per rendezvous, and
+    this returns None.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=False,
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"seer/attempt_{attempt}/", store)
 
 
 def teardown() -> None:
@@ -161,7 +189,16 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
     if isinstance(optimizer, ZeroRedundancyOptimizer):
         optimizer.load_state_dict(state)
         return
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    # A parameter that never had a gradient has no optimizer state, such as the prototypes
+    # during swav.freeze_prototypes_steps: strict=False lets such a checkpoint load.
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_optimizer_state_dict(model, optimizer, state, options=options)
+    # Loading gives every parameter state first (torch steps once with zero gradients); a
+    # parameter the checkpoint has none for must have none, as in the uninterrupted run,
+    # or AdamW's step count (its bias correction) runs one ahead once it is unfrozen.
+    for name, param in model.named_parameters():
+        if name not in state["state"]:
+            optimizer.state.pop(param, None)
 
 
 def gather_to_main(obj, info: DistInfo) -> list | None:

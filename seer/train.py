@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -503,12 +504,33 @@ def dry_run(cfg: Config) -> dict:
     return counts
 
 
+def failure_note(trainer: Trainer | None, exc: BaseException) -> str:
+    """Where a rank of a multi-process run died and how to continue: the ranks' logs
+    interleave, and the error of a rank whose peer died (gloo: connection closed or reset,
+    or a timeout) names neither the rank nor the step."""
+    rank, world = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+    where, last = "while starting", "none"
+    if trainer is not None:
+        where = f"at step {trainer.step} of {trainer.total_steps} (epoch {trainer.epoch})"
+        last = str(trainer.last_checkpoint) if trainer.last_checkpoint else "none written yet"
+    message = (str(exc).splitlines() or [""])[0][:300]
+    return (
+        f"seer-train: rank {rank} of {world} failed {where}: {type(exc).__name__}: {message}\n"
+        "seer-train: a rank failing in a collective is usually the victim of another rank's failure "
+        f"(see the first rank to fail); last checkpoint: {last}; rerun with resume=auto to continue"
+    )
+
+
 def train(cfg: Config) -> dict:
     """Run (or continue) the training described by `cfg`; returns the summary."""
     trainer = None
     try:
         trainer = Trainer(cfg)
         return trainer.fit()
+    except Exception as exc:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            print(failure_note(trainer, exc), file=sys.stderr, flush=True)
+        raise
     finally:
         D.teardown()
 

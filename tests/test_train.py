@@ -67,7 +67,9 @@ RESUME = [
     "train.deterministic=true",
     "swav.queue_length=32",  # the queue fills after 2 steps and is used from step 3 on
     "swav.queue_start_epoch=0",
-    "swav.freeze_prototypes_steps=2",
+    # The split at step 3 falls inside the prototype freeze: the optimizer holds no state
+    # for the prototypes yet, and the resumed run must load that and unfreeze them at 4.
+    "swav.freeze_prototypes_steps=4",
     "train.export_backbone=false",
 ]
 
