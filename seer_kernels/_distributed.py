@@ -38,7 +38,9 @@ def combine_colstats(stats: torch.Tensor, group) -> torch.Tensor:
     # Gather into a flat (world * 2, K) buffer: gloo accepts only the concatenated layout
     # (NCCL also takes a stacked (world, 2, K) one).
     flat = torch.empty((world * stats.shape[0], *stats.shape[1:]), dtype=stats.dtype, device=stats.device)
-    dist.all_gather_into_tensor(flat, stats.contiguous(), group=group)
+    # all_gather_single (torch >= 2.14) is the new name of all_gather_into_tensor.
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(flat, stats.contiguous(), group=group)
     gathered = flat.view(world, *stats.shape)
     m = gathered[:, 0].amax(dim=0)
     m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
