@@ -82,8 +82,22 @@ def rss_mb() -> float | None:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM where Linux's /proc has it, since
+    ru_maxrss starts at the RSS of the parent that forked the process (a launcher, a
+    test session) and can report the parent's peak instead of ours."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    out = {"peak_rss_mb": peak_rss_mb()}
     if device.type == "cuda":
         out["peak_cuda_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         out["peak_cuda_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
