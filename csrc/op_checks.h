@@ -26,6 +26,12 @@ inline void check_prototype_operands(const at::Tensor& e, const at::Tensor& p) {
               "prototype_scores: inputs must be floating point");
 }
 
+// The incoming gradient of the (N, K) scores.
+inline void check_prototype_grad(const at::Tensor& grad, const at::Tensor& e, const at::Tensor& p) {
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == e.size(0) && grad.size(1) == p.size(0),
+              "prototype_scores_backward: grad must be (N, K)");
+}
+
 // scores (V, B, K) with V >= 2, codes (A, B, K) with 1 <= A <= V, a finite temperature > 0.
 inline void check_xent_operands(const at::Tensor& scores, const at::Tensor& codes,
                                 double temperature) {

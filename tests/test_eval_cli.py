@@ -15,14 +15,7 @@ from PIL import Image
 
 from seer.eval import main
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matrices on a shared 2-core machine: a second OpenMP thread only adds waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # A small protocol: the machinery is the same as the default's, the run takes seconds.

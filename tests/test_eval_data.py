@@ -28,14 +28,7 @@ from seer.evaluation.features import RawPixels, extract_features, reestimate_bat
 from seer.evaluation.protocol import FeatureResult, FractionScore, Protocol
 from seer.evaluation.report import EvalReport, markdown_table, to_json, write_report
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matrices on a shared 2-core machine: a second OpenMP thread only adds waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ----------------------------------------------------------------------------- splits

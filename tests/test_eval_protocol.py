@@ -22,14 +22,7 @@ from seer.evaluation.probe import (
 )
 from seer.evaluation.protocol import LabelSubsets, Protocol, evaluate_features
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matrices on a shared 2-core machine: a second OpenMP thread only adds waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def clusters(n_per_class: int, num_classes: int, dim: int, spread: float, seed: int):

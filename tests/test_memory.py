@@ -108,21 +108,10 @@ def test_training_rss_soak_2000_steps(tmp_path):
 # freed before a phase is returned to the system, not silently reused by the phase.
 OP_SCRIPT = textwrap.dedent(
     """
-    import json, os, sys
+    import json, sys
     import torch
+    from seer.monitor import peak_rss_mb, rss_mb
     from seer_kernels import prototype_scores, sinkhorn, swav_cross_entropy
-
-    def rss():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def peak():
-        # VmHWM, this address space's peak: ru_maxrss would start at the RSS of the
-        # process that forked this one (Linux carries it across fork and exec), which
-        # after a pytest session's first tests is far above these phases.
-        with open("/proc/self/status") as f:
-            line = next(x for x in f if x.startswith("VmHWM:"))
-        return int(line.split()[1]) * 1024
 
     def phase(fn):
         try:
@@ -130,9 +119,9 @@ OP_SCRIPT = textwrap.dedent(
                 f.write("5")
         except OSError:
             pass
-        before = rss()
+        before = rss_mb()
         out = fn()
-        return out, peak() - before
+        return out, int((peak_rss_mb() - before) * 2**20)
 
     op, threads = sys.argv[1], int(sys.argv[2])
     n, k, d, v, a = (int(x) for x in sys.argv[3:8])

@@ -362,9 +362,7 @@ std::tuple<Tensor, Tensor> prototype_scores_backward_cpu(
     const Tensor& grad, const Tensor& embeddings, const Tensor& prototypes,
     const Tensor& embeddings_rnorm, const Tensor& prototypes_rnorm, bool normalize) {
   check_operands(embeddings, prototypes);
-  TORCH_CHECK(
-      grad.dim() == 2 && grad.size(0) == embeddings.size(0) && grad.size(1) == prototypes.size(0),
-      "prototype_scores_backward: grad must be (N, K)");
+  check_prototype_grad(grad, embeddings, prototypes);
   const Tensor e = embeddings.contiguous();
   const Tensor p = prototypes.contiguous();
   const auto dtype = e.scalar_type();
