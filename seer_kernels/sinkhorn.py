@@ -198,6 +198,14 @@ if triton is not None:
                 tl.store(codes + rows[:, None].to(tl.int64) * K + cols[None, :], y, mask=mask)
 
     @triton.jit
+    def _group_tile(partial, g0, groups, cols, mask, K, GROUP_BLOCK: tl.constexpr):
+        # Pointers to the shifts of groups g0 .. g0 + GROUP_BLOCK at `cols` in the (G, 2, K)
+        # partials (their sums lie K further), and the mask of the real ones.
+        g = g0 + tl.arange(0, GROUP_BLOCK)
+        ptrs = partial + g[:, None].to(tl.int64) * 2 * K + cols[None, :]
+        return ptrs, (g < groups)[:, None] & mask[None, :]
+
+    @triton.jit
     def _merge_kernel(
         partial, groups, K, out, log_u, log_b, log_k,
         MODE: tl.constexpr, BLOCK: tl.constexpr, GROUP_BLOCK: tl.constexpr,
@@ -212,16 +220,12 @@ if triton is not None:
         mask = cols < K
         m = tl.full([BLOCK], float("-inf"), tl.float32)
         for g0 in range(0, groups, GROUP_BLOCK):
-            g = g0 + tl.arange(0, GROUP_BLOCK)
-            tile_mask = (g < groups)[:, None] & mask[None, :]
-            ptrs = partial + g[:, None].to(tl.int64) * 2 * K + cols[None, :]
+            ptrs, tile_mask = _group_tile(partial, g0, groups, cols, mask, K, GROUP_BLOCK)
             m = tl.maximum(m, tl.max(tl.load(ptrs, mask=tile_mask, other=float("-inf")), axis=0))
         shift = _finite_or_zero(m)
         s = tl.zeros([BLOCK], tl.float32)
         for g0 in range(0, groups, GROUP_BLOCK):
-            g = g0 + tl.arange(0, GROUP_BLOCK)
-            tile_mask = (g < groups)[:, None] & mask[None, :]
-            ptrs = partial + g[:, None].to(tl.int64) * 2 * K + cols[None, :]
+            ptrs, tile_mask = _group_tile(partial, g0, groups, cols, mask, K, GROUP_BLOCK)
             # Stored shifts are finite and <= shift, so exp() <= 1; padding rows give
             # exp(-inf) * 0 = 0.
             g_shift = tl.load(ptrs, mask=tile_mask, other=float("-inf"))
