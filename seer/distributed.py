@@ -16,6 +16,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+# Imported before any process group exists, on purpose: torch.distributed.nn.functional
+# binds `group=group.WORLD` as a default argument of ten functions when first imported,
+# and torch._dynamo (imported lazily by DDP's constructor, torch.compile and the Triton
+# ops) imports it. Imported after init_process_group, those defaults pin the world group:
+# destroy_process_group then cannot free it, its gloo worker and transport threads run on
+# until interpreter exit, and a rank that finished its work can die there with
+# "terminate called without an active exception" (SIGABRT).
+import torch.distributed.nn  # noqa: F401
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
