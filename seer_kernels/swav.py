@@ -13,7 +13,8 @@ Per step the loss costs one fused Sinkhorn per assignment crop (the op solves on
 call would change the result) and ONE fused cross-entropy over every (assignment crop,
 other crop) pair, instead of lightly's A * (V - 1) log-softmax passes.
 
-Differences from lightly, on purpose:
+Differences from lightly, on purpose (docs/swav.md lists every one, with the test that
+shows it):
 - `SwAVPrototypes` has no bias. SwAV's prototypes are `nn.Linear(dim, K, bias=False)`;
   lightly's became `nn.Linear(dim, K)` with the default bias=True, so its scores are
   cosine + a trained bias (initialized uniform in +-1/sqrt(dim), the same size as the

@@ -7,16 +7,19 @@ this file needs neither library installed. Each test feeds the same input to our
 the plain version (same dtype, and float64 as the oracle) over the call shapes those
 libraries use (two crops, multi-crop with fewer assignments than crops, with and
 without a queue), fp32 and bf16, and checks values and gradients with the tolerance
-rule, or that ours raises where the original raises. The deliberate differences listed
-in docs/swav.md each have a test here (test_difference_*). When lightly is installed,
+rule, or that ours raises where the original raises. Each deliberate difference listed
+in docs/swav.md names the test that shows it (test_docs_name_existing_tests keeps those
+names honest). When lightly is installed,
 test_plain_lightly_matches_lightly checks the plain versions against it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -438,6 +441,31 @@ def test_difference_no_overflow(backend):
         )
 
 
+def test_difference_assignments_get_no_gradient(backend):
+    """docs/swav.md: assignments are targets only; solo-learn computes them under no_grad,
+    so its gradient never reaches them either in its own methods."""
+    preds = [t.requires_grad_() for t in cosine_scores(3 * B, K).split(B)]
+    codes = [c.requires_grad_() for c in codes_of([p.detach() for p in preds[:2]])]
+    loss = solo_swav_loss_func(preds, codes, 0.1)
+    got = torch.autograd.grad(loss, preds + codes, allow_unused=True)
+    assert all(g is not None for g in got[:3]) and all(g is None for g in got[3:])
+
+
+def test_difference_prototypes_cast_weights(backend):
+    """docs/swav.md: bf16 embeddings with float32 prototypes score in bf16 (lightly's
+    nn.Linear raises on the dtype mismatch outside autocast)."""
+    ours = SwAVPrototypes(16, K, cosine=False)
+    x = F.normalize(torch.randn(B, 16), dim=1).to(torch.bfloat16)
+    with pytest.raises(RuntimeError):
+        F.linear(x, ours.heads[0].weight)
+    w = ours.heads[0].weight.detach()
+    out = ours(x)
+    assert out.dtype == torch.bfloat16
+    check(
+        out, x @ w.to(torch.bfloat16).t(), x.double() @ w.to(torch.bfloat16).double().t(), torch.bfloat16, ""
+    )
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [
@@ -496,12 +524,27 @@ def _ranked_checks(rank: int) -> None:
     check_grads(ours_in, same_in, oracle_in, ours, same, oracle, torch.float32, f"SwaVLoss rank {rank}")
 
 
+def _unequal_rows_check(rank: int) -> None:
+    """Ranks with different row counts (not solo-learn's or SwAV's layout: a last batch
+    without drop_last): ours weighs every sample alike, equal to the single-process codes
+    of all rows; the originals' B = rows x world_size weighs every rank alike instead."""
+    sizes = (B, B + 6)
+    full = cosine_scores(sum(sizes), K, seed=8)
+    mine = full.split(sizes)[rank].contiguous()
+    ours = SoloSinkhornKnopp(3, 0.05, WORLD)(mine)
+    single = plain_sinkhorn(full.double(), 3, 0.05).split(sizes)[rank]
+    check(ours, plain_sinkhorn(full, 3, 0.05).split(sizes)[rank], single, torch.float32, "unequal rows")
+    theirs = plain_sinkhorn(mine.double(), 3, 0.05, scale_rows=mine.shape[0] * WORLD, reduce=_all_reduce)
+    assert (theirs - single).abs().max() > 1e-3, "the originals differ from one Sinkhorn of all rows"
+
+
 def _worker(rank: int, init_file: str, backend_name: str) -> None:
     torch.set_num_threads(1)
     os.environ["SEER_KERNELS_BACKEND"] = backend_name
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         _ranked_checks(rank)
+        _unequal_rows_check(rank)
     finally:
         dist.destroy_process_group()
 
@@ -540,3 +583,19 @@ def test_plain_lightly_matches_lightly():
         torch.testing.assert_close(theirs, plain)
         for a, b in zip(torch.autograd.grad(theirs, x), torch.autograd.grad(plain, x), strict=True):
             torch.testing.assert_close(a, b)
+
+
+def test_docs_name_existing_tests():
+    """Every test docs/swav.md names for a difference is a test function of tests/."""
+    tests = Path(__file__).resolve().parent
+    docs = (tests.parent / "docs" / "swav.md").read_text()
+    named = set(re.findall(r"\b(test_\w+|_unequal_rows_check)\b", docs)) - {
+        "test_dropins",
+        "test_swav",
+        "test_integrations",
+    }
+    assert len(named) >= 10
+    defined = set(
+        re.findall(r"^def (\w+)\(", "".join(f.read_text() for f in tests.glob("test_*.py")), flags=re.M)
+    )
+    assert named <= defined, f"docs/swav.md names tests that do not exist: {sorted(named - defined)}"
