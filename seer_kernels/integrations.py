@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
+from collections.abc import Sequence
 from types import ModuleType
 
 import torch
@@ -64,8 +65,11 @@ class SoloSinkhornKnopp(nn.Module):
     """solo-learn's `solo.utils.sinkhorn_knopp.SinkhornKnopp` on the fused Sinkhorn.
 
     Like solo-learn it reduces over the default group whenever torch.distributed is
-    initialized; B is the true global row count (solo-learn's rows x world_size, the
-    same when every rank has as many rows)."""
+    initialized. solo-learn scales by B = rows x `world_size` (the constructor's value,
+    not the group's size); each round ends with a column normalization, so B cancels
+    from the codes unless `num_iters` is 0, where they are the exp-scores over their
+    total times B. Ours matches both when every rank holds as many rows (solo-learn's
+    layout): with 0 rounds it rescales the fused op's true global row count to B."""
 
     def __init__(self, num_iters: int = 3, epsilon: float = 0.05, world_size: int = 1) -> None:
         super().__init__()
@@ -75,22 +79,36 @@ class SoloSinkhornKnopp(nn.Module):
 
     @torch.no_grad()
     def forward(self, Q: torch.Tensor) -> torch.Tensor:  # noqa: N803 (solo-learn's name)
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        codes = sinkhorn(Q, self.epsilon, self.num_iters, process_group="world" if distributed else None)
+        group_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        group = "world" if group_size > 1 else None
+        codes = sinkhorn(Q, self.epsilon, self.num_iters, process_group=group)
+        if self.num_iters == 0 and self.world_size != group_size:
+            codes = codes * (self.world_size / group_size)
         return codes.to(Q.dtype)
 
 
 def solo_swav_loss_func(
-    preds: list[torch.Tensor], assignments: list[torch.Tensor], temperature: float = 0.1
+    preds: Sequence[torch.Tensor] | torch.Tensor,
+    assignments: Sequence[torch.Tensor] | torch.Tensor,
+    temperature: float = 0.1,
 ) -> torch.Tensor:
-    """solo-learn's `swav_loss_func`: crop v's assignment predicts every other crop;
-    the mean over the V (V - 1) pairs, as one fused cross-entropy."""
-    n_crops = len(preds)
-    if n_crops < 2 or len(assignments) < n_crops:
+    """solo-learn's `swav_loss_func`: assignment i (the codes of crop i; solo-learn's
+    multi-crop methods give them for the large crops only, the first A of the V
+    predictions) predicts every other crop v != i; the mean over the A (V - 1) pairs,
+    as one fused cross-entropy. Lists of (B, K) tensors or stacked (V, B, K) / (A, B, K).
+
+    Raises ValueError where solo-learn raises (A > V: IndexError) or divides by zero
+    pairs (V = 1 or A = 0: ZeroDivisionError). The loss is float32 (float64 for
+    float64 predictions) and the assignments get no gradient (solo-learn computes them
+    under no_grad)."""
+    n_crops, n_assign = len(preds), len(assignments)
+    if n_crops < 2:
+        raise ValueError(f"preds must hold at least 2 crops (one pair to predict), got {n_crops}")
+    if not 1 <= n_assign <= n_crops:
         raise ValueError(
-            f"need >= 2 predictions and one assignment per prediction, got {n_crops} and {len(assignments)}"
+            f"assignments must hold 1 to len(preds)={n_crops} tensors (the first crops' codes), got {n_assign}"
         )
-    return swav_cross_entropy(torch.stack(list(preds)), torch.stack(list(assignments[:n_crops])), temperature)
+    return swav_cross_entropy(torch.stack(list(preds)), torch.stack(list(assignments)), temperature)
 
 
 # ------------------------------------------------------------------------ mechanics

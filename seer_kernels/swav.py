@@ -13,7 +13,8 @@ Per step the loss costs one fused Sinkhorn per assignment crop (the op solves on
 call would change the result) and ONE fused cross-entropy over every (assignment crop,
 other crop) pair, instead of lightly's A * (V - 1) log-softmax passes.
 
-Differences from lightly, on purpose:
+Differences from lightly, on purpose (docs/swav.md lists every one, with the test that
+shows it):
 - `SwAVPrototypes` has no bias. SwAV's prototypes are `nn.Linear(dim, K, bias=False)`;
   lightly's became `nn.Linear(dim, K)` with the default bias=True, so its scores are
   cosine + a trained bias (initialized uniform in +-1/sqrt(dim), the same size as the
@@ -259,6 +260,9 @@ class SwAVLoss(nn.Module):
         high = _crop_list("high_resolution_outputs", high_resolution_outputs)
         low = _crop_list("low_resolution_outputs", low_resolution_outputs)
         _check_crops(high, low)
+        if queue_outputs is not None and len(queue_outputs) > len(high):
+            # lightly reads queue_outputs[i] of each high-resolution crop i only.
+            queue_outputs = queue_outputs[: len(high)]
         loss = swav_loss(
             torch.stack(high + low),
             len(high),
@@ -288,7 +292,8 @@ class SwAVPrototypes(nn.Module):
             compute SwAV's plain `x @ W^T` (normalize x yourself, call normalize()).
         backend: forced backend of prototype_scores, or None.
 
-    forward(x, step) returns (N, K) scores, or a list of them for a list of sizes. While
+    forward(x, step) takes (..., D) embeddings (as lightly's linear heads) and returns
+    (..., K) scores, or a list of them for a list of sizes. While
     frozen the prototypes enter the op detached, so their `.grad` stays None and torch
     optimizers skip them (no weight decay, no momentum step). Under DDP a frozen step
     leaves them unused: wrap with find_unused_parameters=True while freezing.
@@ -331,9 +336,17 @@ class SwAVPrototypes(nn.Module):
             x, weight = x.to(dtype), weight.to(dtype)
         elif weight.dtype != x.dtype:
             weight = weight.to(x.dtype)
-        return prototype_scores(x, weight, normalize=self.cosine, backend=self.backend)
+        # The op takes (N, D); lightly's nn.Linear heads take any (..., D) (one crop's
+        # (D,) vector, stacked (V, B, D) crops): score the flattened rows, keep the shape.
+        rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+        out = prototype_scores(rows, weight, normalize=self.cosine, backend=self.backend)
+        return out.reshape(*x.shape[:-1], weight.shape[0]) if x.dim() != 2 else out
 
     def forward(self, x: torch.Tensor, step: int | None = None) -> torch.Tensor | list[torch.Tensor]:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor of (..., D) embeddings, got {type(x).__name__}")
+        if x.dim() == 0:
+            raise ValueError("x must be a (..., D) tensor of embeddings, got a 0-d tensor")
         frozen = self._frozen(step)
         out = [self._score(x, head.weight.detach() if frozen else head.weight) for head in self.heads]
         return out[0] if self._is_single_prototype else out

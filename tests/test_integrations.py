@@ -112,10 +112,10 @@ FAKE_SOLO = {
 
         def swav_loss_func(preds, assignments, temperature=0.1):
             losses = []
-            for v1 in range(len(preds)):
+            for v1, a in enumerate(assignments):
                 for v2 in [v for v in range(len(preds)) if v != v1]:
                     log_p = torch.log_softmax(preds[v2] / temperature, dim=1)
-                    losses.append(-torch.mean(torch.sum(assignments[v1] * log_p, dim=1)))
+                    losses.append(-torch.mean(torch.sum(a * log_p, dim=1)))
             return sum(losses) / len(losses)
         """,
     "solo/utils/__init__.py": "",
@@ -186,6 +186,15 @@ def test_patch_solo_learn(fake_solo):
     loss = solo.methods.swav.swav_loss_func(x, assignments, 0.1)
     torch.testing.assert_close(loss, loss_before, rtol=1e-5, atol=0)
     for a, b in zip(torch.autograd.grad(loss, x), torch.autograd.grad(loss_before, x), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
+
+    # solo-learn's multi-crop call: assignments of the 2 large crops, 6 predictions.
+    multi = crops(6, 16, 50, seed=9)
+    multi_codes = [original_sk(3, 0.05)(m.detach()) for m in multi[:2]]
+    loss = solo.methods.swav.swav_loss_func(multi, multi_codes, 0.1)
+    expected = original_loss(multi, multi_codes, 0.1)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
+    for a, b in zip(torch.autograd.grad(loss, multi), torch.autograd.grad(expected, multi), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
 
     assert len(integrations.unpatch_solo_learn()) == len(patched)
