@@ -74,7 +74,7 @@ def _kernel_problems(spec: _registry.Op) -> list[str]:
             has = _has_op(f"{kernel}_triton")
             if has != ("triton" in spec.backends):
                 state = "declared but has no" if not has else "not declared but has a"
-                problems.append(f"{spec.name}: backend 'triton' {state} op {qualname}")
+                problems.append(f"{spec.name}: backend 'triton' {state} Triton op {qualname}")
             elif has and not _has_fake(qualname):
                 problems.append(f"no fake kernel for {qualname}")
     return problems
