@@ -12,7 +12,8 @@ Per op, by convention (what tests/test_registry.py checks):
   triton     the ops `torch.ops.seer_kernels.<k>_triton`, each with a fake kernel;
   tests      tests/test_<op>.py, benchmark benchmarks/bench_<op>.py.
 
-This module imports nothing heavy, so that configs can read `BACKENDS` from it.
+The module imports nothing, so the declaration reads on its own (importing it still runs
+seer_kernels/__init__.py, which loads the ops).
 """
 
 from __future__ import annotations
