@@ -37,7 +37,7 @@ if DEVICE.type == "cuda":
 THREADS = int(os.environ.get("SEER_BENCH_THREADS", os.cpu_count() or 1))
 MODES = ["forward", "forward+backward"]
 # Interpreted Triton is a correctness tool, not something to time.
-BACKENDS = [b for b in _backend.available_backends(DEVICE) if b != "reference"]
+BACKENDS = [b for b in _backend.available_backends(DEVICE, op="prototype_scores") if b != "reference"]
 if DEVICE.type == "cpu":
     BACKENDS = [b for b in BACKENDS if b != "triton"]
 IMPLS = [*BACKENDS, "reference", "reference_compiled", "mm_prenormalized"]

@@ -35,7 +35,7 @@ EPSILON = 0.05
 # CPU threads (default: every core). On a shared machine SEER_BENCH_THREADS=1 gives
 # stable ratios: with cores oversubscribed, every fork/join waits for a descheduled thread.
 THREADS = int(os.environ.get("SEER_BENCH_THREADS", os.cpu_count() or 1))
-BACKENDS = [b for b in _backend.available_backends(DEVICE) if b != "reference"]
+BACKENDS = [b for b in _backend.available_backends(DEVICE, op="sinkhorn") if b != "reference"]
 if DEVICE.type == "cpu":
     BACKENDS = [b for b in BACKENDS if b != "triton"]
 BASELINES = ["swav_baseline", "swav_baseline_compiled", "reference"]

@@ -44,7 +44,7 @@ def _devices() -> list[str]:
 
 
 def _backends(device: str) -> list[str]:
-    fused = [b for b in _backend.available_backends(device) if b != "reference"]
+    fused = [b for b in _backend.available_backends(device, op="swav_cross_entropy") if b != "reference"]
     if device == "cpu":
         fused = [b for b in fused if b != "triton"]  # the interpreter: not a benchmark
     # The compiled baseline last: its compile is the slow part, and a run stopped for time

@@ -86,9 +86,10 @@ fi
 if want tests; then
   xdist=()
   if "$PY" -c "import xdist" 2>/dev/null; then xdist=(-n 8); fi  # Triton compiles in parallel
+  # The op test files, from the op declaration (seer_kernels/_registry.py).
+  read -ra op_tests < <("$PY" -c "from seer_kernels import _registry; print(' '.join(_registry.op_test_files()))")
   step tests 180 "$PY" -m pytest -m gpu -q -p no:cacheprovider -rfE --timeout 150 "${xdist[@]}" \
-    --junitxml="$LOGS/tests.xml" tests/test_gpu.py tests/test_sinkhorn.py tests/test_prototype_scores.py \
-    tests/test_swav_cross_entropy.py
+    --junitxml="$LOGS/tests.xml" tests/test_gpu.py "${op_tests[@]}"
   tail -n 3 "$LOGS/tests.log"
 fi
 if want train; then

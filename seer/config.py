@@ -53,8 +53,8 @@ class SwAVConfig:
     queue_start_epoch: int = 15
     # Prototypes receive no update for the first N optimizer steps (SwAV: one epoch).
     freeze_prototypes_steps: int = 100
-    # seer_kernels backend of the SwAV ops: "" picks the fastest available (reference,
-    # cpu, cuda, triton); naming one forces it (e.g. reference, to compare).
+    # seer_kernels backend of the SwAV ops: "" picks the fastest available; naming one of
+    # seer_kernels._registry.BACKENDS forces it (e.g. reference, to compare).
     backend: str = ""
 
 
@@ -337,6 +337,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def validate(cfg: Config) -> None:
     """Value checks the types cannot express; messages name the key."""
+    # Imported here: importing seer_kernels loads its compiled ops and Triton, which the
+    # other readers of this module (the evaluation CLI, the data tools) do not need.
+    from seer_kernels._registry import BACKENDS
+
     checks = [
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.epochs >= 1 or cfg.train.max_steps >= 1, "train.epochs or train.max_steps must be >= 1"),
@@ -352,8 +356,8 @@ def validate(cfg: Config) -> None:
         (cfg.swav.temperature > 0 and cfg.swav.sinkhorn_epsilon > 0, "swav temperature/epsilon must be > 0"),
         (cfg.swav.queue_length >= 0, "swav.queue_length must be >= 0"),
         (
-            cfg.swav.backend in ("", "reference", "cpu", "cuda", "triton"),
-            f"swav.backend must be '' (fastest) or one of reference, cpu, cuda, triton; got {cfg.swav.backend!r}",
+            cfg.swav.backend in ("", *BACKENDS),
+            f"swav.backend must be '' (fastest) or one of {', '.join(BACKENDS)}; got {cfg.swav.backend!r}",
         ),
         (cfg.train.keep_last >= 1, "train.keep_last must be >= 1"),
         (

@@ -7,7 +7,7 @@ cross-entropy for SwAV/SEER training, as torch ops with autograd.
     loss = sk.swav_cross_entropy(crop_scores, codes, temperature=0.1)  # (V, B, K), (A, B, K)
 
 Every op takes `backend=None` ("reference", "cpu", "cuda", "triton"); see
-`available_backends()` and `python -m seer_kernels.info`.
+`available_backends(device, op=None)` and `python -m seer_kernels.info`.
 """
 
 from seer_kernels._backend import available_backends, build_info

@@ -7,8 +7,9 @@ Backends:
   triton     the Triton kernels, CUDA tensors (and CPU tensors when TRITON_INTERPRET=1
              was set before triton was imported; that is how CI tests them).
 
-`backend=None` picks the first usable entry of the op's DEFAULT_ORDER for the tensor's
-device; the environment variable SEER_KERNELS_BACKEND overrides that choice.
+`backend=None` picks the first usable entry of the op's default order for the tensor's
+device (declared in seer_kernels/_registry.py, with the backends each op has); the
+environment variable SEER_KERNELS_BACKEND overrides that choice.
 """
 
 from __future__ import annotations
@@ -18,16 +19,12 @@ import os
 
 import torch
 
-BACKENDS = ("reference", "cpu", "cuda", "triton")
-# Fastest first, per op and device type (see benchmarks/results for the measurements).
-# H200, 2026-11-28: prototype_scores' CUDA op (cuBLAS GEMMs) was 1.9-7.3x faster than the
-# Triton GEMMs at every shape and dtype, forward and backward; sinkhorn's Triton pipeline
-# led at K=16384 (2.1x the CUDA one) and trailed by ~15% at K=3000.
-DEFAULT_ORDER = {
-    "cpu": ("cpu", "reference"),
-    "cuda": ("triton", "cuda", "reference"),
-    "prototype_scores:cuda": ("cuda", "triton", "reference"),
-}
+from seer_kernels import _registry
+
+BACKENDS = _registry.BACKENDS
+# Fastest first, per device type and per "op:device" (see benchmarks/results for the
+# measurements behind each order).
+DEFAULT_ORDER = _registry.default_orders()
 
 
 def _load_extension():
@@ -80,7 +77,14 @@ def wrap_triton(kernel):
     return torch.library.wrap_triton(kernel)
 
 
-def _usable(name: str, device_type: str) -> bool:
+def _declared(name: str, op: str) -> bool:
+    """Whether `op` has a kernel for backend `name` (every backend when op is "")."""
+    return not op or name in _registry.op(op).backends
+
+
+def _usable(name: str, device_type: str, op: str = "") -> bool:
+    if not _declared(name, op):
+        return False
     if name == "reference":
         return True
     if name == "cpu":
@@ -96,31 +100,42 @@ def _usable(name: str, device_type: str) -> bool:
     return False
 
 
-def available_backends(device: str | torch.device | None = None) -> list[str]:
-    """Backends usable for tensors on `device` (default: every device this process has)."""
+def available_backends(device: str | torch.device | None = None, op: str | None = None) -> list[str]:
+    """Backends usable for tensors on `device` (default: every device this process has),
+    of op `op` (default: of any op)."""
+    op = op or ""
+    if op:
+        _registry.op(op)  # an unknown op name is an error, not an empty list
     if device is None:
         types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        return [b for b in BACKENDS if any(_usable(b, t) for t in types)]
+        return [b for b in BACKENDS if any(_usable(b, t, op) for t in types)]
     device_type = torch.device(device).type
-    return [b for b in BACKENDS if _usable(b, device_type)]
+    return [b for b in BACKENDS if _usable(b, device_type, op)]
 
 
 def resolve(backend: str | None, device: torch.device, op: str = "") -> str:
     """The backend that runs a call of `op` on `device`: explicit argument, else the
-    SEER_KERNELS_BACKEND environment variable, else the fastest usable one."""
+    SEER_KERNELS_BACKEND environment variable, else the fastest usable one of the op's
+    declared backends."""
     requested = backend if backend is not None else os.environ.get("SEER_KERNELS_BACKEND") or None
     if requested is None:
-        order = DEFAULT_ORDER.get(f"{op}:{device.type}") or DEFAULT_ORDER.get(device.type, ("reference",))
-        for name in order:
-            if _usable(name, device.type):
+        key = f"{op}:{device.type}" if op else device.type
+        if op:
+            _registry.op(op)  # a misspelt op name fails here, not as a silent "reference"
+        for name in DEFAULT_ORDER.get(key, ("reference",)):
+            if _usable(name, device.type, op):
                 return name
         return "reference"
     if requested not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {requested!r}")
-    if not _usable(requested, device.type):
+    if not _declared(requested, op):
+        raise RuntimeError(
+            f"backend {requested!r} has no kernel for {op}; {op} has: {list(_registry.op(op).backends)}"
+        )
+    if not _usable(requested, device.type, op):
         raise RuntimeError(
             f"backend {requested!r} is not available for {device.type} tensors; "
-            f"available: {available_backends(device)}"
+            f"available: {available_backends(device, op)}"
             + (f" (seer_kernels._C failed to load: {_C_ERROR})" if _C is None else "")
         )
     return requested

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from seer_kernels import _backend
+from seer_kernels import _backend, _registry
 
 
 def report() -> list[str]:
@@ -38,8 +38,7 @@ def report() -> list[str]:
         lines.append("gpu          none visible")
     for device in ("cpu", "cuda"):
         usable = _backend.available_backends(device)
-        ops = ("sinkhorn", "prototype_scores", "swav_cross_entropy")
-        defaults = {op: _backend.resolve(None, torch.device(device), op) for op in ops}
+        defaults = {op: _backend.resolve(None, torch.device(device), op) for op in _registry.OPS}
         if len(set(defaults.values())) == 1:
             default = next(iter(defaults.values()))
         else:

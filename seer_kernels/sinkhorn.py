@@ -55,6 +55,14 @@ except ImportError:  # no Triton: the "triton" backend is simply not available
 # cache-resident read of the row tile.
 
 if triton is not None:
+    # The merge kernel's MODE: what it stores from each column's merged (shift, sum),
+    # with lse = shift + log(sum). Same numbers as launch_merge's mode in
+    # csrc/cuda/sinkhorn.cu. constexpr globals: a jitted kernel may read only those, and
+    # branches on them at compile time.
+    MERGE_STATS = tl.constexpr(0)  # out = the merged (2, K) statistics (the colstats op)
+    MERGE_LSE = tl.constexpr(1)  # log_u = lse (iterations = 0, before _total_kernel)
+    MERGE_FIRST = tl.constexpr(2)  # log_u = -lse - log K (pass 0)
+    MERGE_UPDATE = tl.constexpr(3)  # log_u += log B - log K - lse (pass t >= 1)
 
     @triton.jit
     def _finite_or_zero(m):
@@ -210,9 +218,8 @@ if triton is not None:
         partial, groups, K, out, log_u, log_b, log_k,
         MODE: tl.constexpr, BLOCK: tl.constexpr, GROUP_BLOCK: tl.constexpr,
     ):  # fmt: skip
-        # Merge the groups' (shift, sum) per column. MODE 0: out = merged (2, K) stats;
-        # 1: log_u = column logsumexp; 2: log_u = -lse - log K (pass 0);
-        # 3: log_u += log B - log K - lse (pass t). A program takes BLOCK columns and
+        # Merge the groups' (shift, sum) per column, then store what MODE (one of the
+        # MERGE_* constants above) asks for. A program takes BLOCK columns and
         # reduces GROUP_BLOCK groups per step as a tile: the serial depth is
         # 2 G / GROUP_BLOCK loads, not 2 G, and narrow BLOCKs give K / BLOCK programs.
         log_b, log_k = tl.cast(log_b, tl.float32), tl.cast(log_k, tl.float32)  # fp64 under torch.compile
@@ -232,14 +239,14 @@ if triton is not None:
             g_sum = tl.load(ptrs + K, mask=tile_mask, other=0.0)
             s += tl.sum(g_sum * tl.exp(g_shift - shift[None, :]), axis=0)
         lse = shift + tl.log(s)
-        if MODE == 0:
+        if MODE == MERGE_STATS:
             tl.store(out + cols, shift, mask=mask)
             tl.store(out + K + cols, s, mask=mask)
-        elif MODE == 1:
+        elif MODE == MERGE_LSE:
             tl.store(log_u + cols, lse, mask=mask)
-        elif MODE == 2:
+        elif MODE == MERGE_FIRST:
             tl.store(log_u + cols, -lse - log_k, mask=mask)
-        else:
+        else:  # MERGE_UPDATE
             lu = tl.load(log_u + cols, mask=mask, other=0.0)
             tl.store(log_u + cols, lu + log_b - log_k - lse, mask=mask)
 
@@ -323,6 +330,7 @@ def _launch_colstats(
 
 
 def _launch_merge(partial, groups, log_u, mode, *, out=None, log_b=0.0, log_k=0.0) -> None:
+    """One merge launch; `mode` is one of the MERGE_* constants (or its number)."""
     # 64 columns (256 B rows of the tile) x 32 groups per step: K / 64 programs (47 at
     # K = 3000; one 1024-wide program per 1024 columns left 3 programs walking all G
     # groups one by one, latency-bound on a 132-SM GPU).
@@ -331,7 +339,7 @@ def _launch_merge(partial, groups, log_u, mode, *, out=None, log_b=0.0, log_k=0.
     group_block = min(32, triton.next_power_of_2(groups))
     target = log_u if out is None else out
     _backend.wrap_triton(_merge_kernel)[(triton.cdiv(k, block),)](
-        partial, groups, k, target, log_u, log_b, log_k, MODE=mode, BLOCK=block, GROUP_BLOCK=group_block
+        partial, groups, k, target, log_u, log_b, log_k, MODE=int(mode), BLOCK=block, GROUP_BLOCK=group_block
     )
 
 
@@ -366,15 +374,15 @@ def _triton_pipeline(
     log_u = torch.zeros(k, dtype=torch.float32, device=scores.device)
     partial, groups = _launch_colstats(scores, log_u, epsilon, False, max_one_tile)
     if iterations == 0:
-        _launch_merge(partial, groups, log_u, 1)
+        _launch_merge(partial, groups, log_u, MERGE_LSE)
         block = min(1024, triton.next_power_of_2(k))
         _backend.wrap_triton(_total_kernel)[(1,)](log_u, k, BLOCK=block)
         # B * exp(L - total): B outside the exp keeps the exponent's rounding small.
         return _launch_codes(scores, log_u, epsilon, False, max_one_tile, float(b))
-    _launch_merge(partial, groups, log_u, 2, log_k=log_k)
+    _launch_merge(partial, groups, log_u, MERGE_FIRST, log_k=log_k)
     for _ in range(iterations - 1):
         partial, groups = _launch_colstats(scores, log_u, epsilon, True, max_one_tile)
-        _launch_merge(partial, groups, log_u, 3, log_b=log_b, log_k=log_k)
+        _launch_merge(partial, groups, log_u, MERGE_UPDATE, log_b=log_b, log_k=log_k)
     return _launch_codes(scores, log_u, epsilon, True, max_one_tile)
 
 
@@ -383,7 +391,7 @@ def _triton_colstats_impl(scores, log_u, epsilon, normalize_rows, max_one_tile) 
     log_u = log_u.to(torch.float32).contiguous()
     partial, groups = _launch_colstats(scores, log_u, epsilon, normalize_rows, max_one_tile)
     out = torch.empty((2, scores.shape[1]), dtype=torch.float32, device=scores.device)
-    _launch_merge(partial, groups, log_u, 0, out=out)
+    _launch_merge(partial, groups, log_u, MERGE_STATS, out=out)
     return out
 
 

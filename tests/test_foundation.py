@@ -158,7 +158,7 @@ def test_available_backends_and_resolution(monkeypatch):
     monkeypatch.delenv("SEER_KERNELS_BACKEND")
     # The order is per op where measurements disagree (on an H200, prototype_scores' CUDA
     # GEMMs beat the Triton ones; sinkhorn's Triton pipeline beats the CUDA one).
-    monkeypatch.setattr(_backend, "_usable", lambda name, device_type: True)
+    monkeypatch.setattr(_backend, "_usable", lambda name, device_type, op="": True)
     gpu = torch.device("cuda")
     assert _backend.resolve(None, gpu, "prototype_scores") == "cuda"
     assert _backend.resolve(None, gpu, "sinkhorn") == "triton"

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import seer_kernels as sk
-from seer_kernels import reference
+from seer_kernels import _registry, reference
 from tests.tolerance import assert_close_rule
 
 pytestmark = pytest.mark.gpu
@@ -18,7 +18,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 def gpu_backends() -> list[str]:
     if not torch.cuda.is_available():
-        return ["cuda", "triton"]  # collected, then skipped by conftest
+        return list(_registry.GPU_BACKENDS)  # collected, then skipped by conftest
     return [b for b in sk.available_backends("cuda") if b != "reference"]
 
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import seer_kernels as sk
-from seer_kernels import _backend, reference
+from seer_kernels import _backend, _registry, reference
 from tests.tolerance import assert_close_rule
 
-BACKENDS = [b for b in _backend.available_backends("cpu") if b != "reference"]
+BACKENDS = [b for b in _backend.available_backends("cpu", op="prototype_scores") if b != "reference"]
 needs_cpu = pytest.mark.skipif("cpu" not in BACKENDS, reason="seer_kernels._C not built")
 needs_triton = pytest.mark.skipif("triton" not in BACKENDS, reason="Triton backend unavailable")
 
@@ -278,7 +278,7 @@ def test_compile_fullgraph_cpu():
 # ------------------------------------------------------------------------------ GPU
 # Skipped without a CUDA GPU (tests/conftest.py); run by benchmarks/gpu_check.sh.
 
-GPU_BACKENDS = ["cuda", "triton"]
+GPU_BACKENDS = list(_registry.op("prototype_scores").gpu_backends())
 
 
 @pytest.mark.gpu

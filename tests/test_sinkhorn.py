@@ -26,13 +26,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import seer_kernels as sk
-from seer_kernels import _backend, reference
+from seer_kernels import _backend, _registry, reference
 from tests.tolerance import assert_close_rule
 
 SK = sys.modules["seer_kernels.sinkhorn"]  # the module (the package exports the function)
-BACKENDS = [b for b in _backend.available_backends("cpu") if b != "reference"]
+BACKENDS = [b for b in _backend.available_backends("cpu", op="sinkhorn") if b != "reference"]
 GPU_BACKENDS = (
-    [b for b in _backend.available_backends("cuda") if b != "reference"] if torch.cuda.is_available() else []
+    [b for b in _backend.available_backends("cuda", op="sinkhorn") if b != "reference"]
+    if torch.cuda.is_available()
+    else []
 )
 
 
@@ -232,7 +234,7 @@ def _needs_gpu_backend(backend: str) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("backend", _registry.op("sinkhorn").gpu_backends())
 @pytest.mark.parametrize(("b", "k", "iters", "eps", "dtype"), GPU_GRID)
 def test_gpu_grid(backend, b, k, iters, eps, dtype):
     _needs_gpu_backend(backend)
@@ -253,7 +255,7 @@ def test_gpu_triton_wide_row_path(iters):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("backend", _registry.op("sinkhorn").gpu_backends())
 def test_gpu_no_host_sync(backend):
     """The fused op only launches kernels: no host synchronization anywhere in it."""
     _needs_gpu_backend(backend)
@@ -544,7 +546,9 @@ def test_cpp_op_argument_errors():
         ops.sinkhorn(torch.zeros(4, 3, dtype=torch.float64), 0.05, 3)
 
 
-@pytest.mark.parametrize("backend", [b for b in sk.available_backends("cpu") if b != "reference"])
+@pytest.mark.parametrize(
+    "backend", [b for b in sk.available_backends("cpu", op="sinkhorn") if b != "reference"]
+)
 @pytest.mark.parametrize("b", [1, 2, 9])
 @pytest.mark.parametrize("iterations", [0, 1, 3])
 def test_unpopular_prototype_column_below_exp_range(backend, b, iterations):

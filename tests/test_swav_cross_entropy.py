@@ -24,7 +24,7 @@ from tolerance import assert_close_rule
 import seer_kernels as sk
 from seer_kernels import _backend, reference
 
-FUSED = [b for b in _backend.available_backends("cpu") if b != "reference"]
+FUSED = [b for b in _backend.available_backends("cpu", op="swav_cross_entropy") if b != "reference"]
 HAS_CPP = _backend.extension() is not None
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="seer_kernels._C is not built")
 needs_triton = pytest.mark.skipif("triton" not in FUSED, reason="no Triton (or not interpreted)")
