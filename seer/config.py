@@ -144,6 +144,12 @@ class TrainConfig:
     # torch intra-op threads (0 = torch's default). One was steadier on a shared 2-core box.
     threads: int = 1
     log_every: int = 10
+    # Steps at the start of every session left out of the steady-state images/s and timed
+    # apart (compilation, cudnn autotuning, allocator growth, the first DataLoader batches).
+    throughput_warmup_steps: int = 3
+    # The device's dense peak TFLOP/s at the run's precision, for the summary's fraction of
+    # peak; 0: looked up by GPU name (H100/H200/A100/V100, bf16/fp16), none on the CPU.
+    peak_tflops: float = 0.0
     # Checkpoint every N optimizer steps (0 = only at epoch ends), keeping the last k.
     checkpoint_every: int = 0
     keep_last: int = 2
@@ -356,6 +362,8 @@ def validate(cfg: Config) -> None:
             f"swav.backend must be '' (fastest) or one of reference, cpu, cuda, triton; got {cfg.swav.backend!r}",
         ),
         (cfg.train.keep_last >= 1, "train.keep_last must be >= 1"),
+        (cfg.train.throughput_warmup_steps >= 0, "train.throughput_warmup_steps must be >= 0"),
+        (cfg.train.peak_tflops >= 0, "train.peak_tflops must be >= 0 (0: look the device up)"),
         (
             cfg.data.source != "webdataset" or cfg.data.epoch_size > 0,
             "data.epoch_size (samples per epoch) is required for data.source=webdataset",
