@@ -60,14 +60,17 @@ class SwAVConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["digits", "folder", "webdataset"] = "digits"
+    # synthetic: random images made on the training device (no files, no decoding), to
+    # measure the device's side of a run alone.
+    source: Literal["digits", "folder", "webdataset", "synthetic"] = "digits"
     # Folder: a directory searched recursively. WebDataset: a shard path, a brace pattern
     # (data/shard-{000000..000999}.tar) or several of them separated by commas.
     path: str = ""
     # Side of the square image every sample is decoded to (shorter side resized, centre
     # crop) before the batched multi-crop augmentation; keep it near the global crop size.
     image_size: int = 32
-    # WebDataset only: samples per epoch over all ranks (streams have no length).
+    # Samples per epoch over all ranks: WebDataset (required: streams have no length) and
+    # synthetic (0: ImageNet-1k's 1,281,167).
     epoch_size: int = 0
     num_workers: int = 0
     # Consecutive unreadable samples tolerated before the source is declared unusable.

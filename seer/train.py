@@ -124,7 +124,7 @@ class Trainer:
         D.barrier(self.info)
 
         self.source = build_source(
-            cfg.data, cfg.train.batch_size, Shard(self.info.rank, self.info.world), cfg.seed
+            cfg.data, cfg.train.batch_size, Shard(self.info.rank, self.info.world), cfg.seed, self.device
         )
         self.steps_per_epoch = self.source.steps_per_epoch()
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
