@@ -60,14 +60,17 @@ class SwAVConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["digits", "folder", "webdataset"] = "digits"
+    # synthetic: random images made on the training device (no files, no decoding), to
+    # measure the device's side of a run alone.
+    source: Literal["digits", "folder", "webdataset", "synthetic"] = "digits"
     # Folder: a directory searched recursively. WebDataset: a shard path, a brace pattern
     # (data/shard-{000000..000999}.tar) or several of them separated by commas.
     path: str = ""
     # Side of the square image every sample is decoded to (shorter side resized, centre
     # crop) before the batched multi-crop augmentation; keep it near the global crop size.
     image_size: int = 32
-    # WebDataset only: samples per epoch over all ranks (streams have no length).
+    # Samples per epoch over all ranks: WebDataset (required: streams have no length) and
+    # synthetic (0: ImageNet-1k's 1,281,167).
     epoch_size: int = 0
     num_workers: int = 0
     # Consecutive unreadable samples tolerated before the source is declared unusable.
@@ -144,6 +147,12 @@ class TrainConfig:
     # torch intra-op threads (0 = torch's default). One was steadier on a shared 2-core box.
     threads: int = 1
     log_every: int = 10
+    # Steps at the start of every session left out of the steady-state images/s and timed
+    # apart (compilation, cudnn autotuning, allocator growth, the first DataLoader batches).
+    throughput_warmup_steps: int = 3
+    # The device's dense peak TFLOP/s at the run's precision, for the summary's fraction of
+    # peak; 0: looked up by GPU name (H100/H200/A100/V100, bf16/fp16), none on the CPU.
+    peak_tflops: float = 0.0
     # Checkpoint every N optimizer steps (0 = only at epoch ends), keeping the last k.
     checkpoint_every: int = 0
     keep_last: int = 2
@@ -360,6 +369,8 @@ def validate(cfg: Config) -> None:
             f"swav.backend must be '' (fastest) or one of {', '.join(BACKENDS)}; got {cfg.swav.backend!r}",
         ),
         (cfg.train.keep_last >= 1, "train.keep_last must be >= 1"),
+        (cfg.train.throughput_warmup_steps >= 0, "train.throughput_warmup_steps must be >= 0"),
+        (cfg.train.peak_tflops >= 0, "train.peak_tflops must be >= 0 (0: look the device up)"),
         (
             cfg.data.source != "webdataset" or cfg.data.epoch_size > 0,
             "data.epoch_size (samples per epoch) is required for data.source=webdataset",

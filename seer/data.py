@@ -5,6 +5,8 @@
   folder      any directory, searched recursively, labels ignored (uncurated, like SEER's).
   webdataset  tar shards (paths, brace patterns, or anything webdataset.gopen opens),
               streamed, split across ranks and DataLoader workers.
+  synthetic   random uint8 images made on the training device: no files, no decoding, no
+              copy to the device, so a run measures the device's side alone.
 
 Every source yields batches of (B, 3, S, S) images (float in [0, 1] for digits, uint8 for
 decoded files: four times less to move to the device) plus the number of samples skipped
@@ -401,14 +403,61 @@ class WebDatasetSource:
                 yield batch
 
 
-def build_source(cfg: DataConfig, batch: int, shard: Shard, seed: int):
-    sources = {"digits": DigitsSource, "folder": FolderSource, "webdataset": WebDatasetSource}
-    if cfg.source != "digits" and not cfg.path:
-        raise ConfigError(f"data.path is required for data.source={cfg.source} (e.g. data.path=/data/images)")
-    source = sources[cfg.source](cfg, batch, shard, seed)
+# ------------------------------------------------------------------------ synthetic
+
+# Samples per epoch of the synthetic source when data.epoch_size is 0 (ImageNet-1k's train
+# split): the schedule's epochs then mean what they usually do.
+SYNTHETIC_EPOCH = 1_281_167
+
+
+class SyntheticSource:
+    """Random images, uint8 like decoded files, drawn on `device` by a generator seeded
+    from (seed, epoch, batch, rank): the multi-crop augmentation and the model see the
+    shapes and dtype of a real run, while loading and decoding cost nothing. Batches are a
+    pure function of their position, so resume works as for the other sources."""
+
+    def __init__(self, cfg: DataConfig, batch: int, shard: Shard, seed: int, device: torch.device) -> None:
+        self.size, self.batch, self.shard, self.seed = cfg.image_size, batch, shard, seed
+        self.device = torch.device(device)
+        self.epoch_size = cfg.epoch_size or SYNTHETIC_EPOCH
+        self.description = (
+            f"synthetic (random {cfg.image_size} px images made on {self.device}, "
+            f"{self.epoch_size} samples/epoch)"
+        )
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def steps_per_epoch(self) -> int:
+        return self.epoch_size // (self.batch * self.shard.world)
+
+    def batch_at(self, epoch: int, index: int) -> torch.Tensor:
+        key = np.random.SeedSequence([self.seed, epoch, index, self.shard.rank]).generate_state(1)[0]
+        gen = torch.Generator(device=self.device).manual_seed(int(key))
+        shape = (self.batch, 3, self.size, self.size)
+        return torch.randint(0, 256, shape, dtype=torch.uint8, device=self.device, generator=gen)
+
+    def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
+        for index in range(start, self.steps_per_epoch()):
+            yield self.batch_at(epoch, index), 0
+
+
+def build_source(cfg: DataConfig, batch: int, shard: Shard, seed: int, device: torch.device | str = "cpu"):
+    """The source `cfg.source` for this rank; `device` is where the synthetic source draws."""
+    if cfg.source == "synthetic":
+        source = SyntheticSource(cfg, batch, shard, seed, torch.device(device))
+    else:
+        source = _file_source(cfg, batch, shard, seed)
     if source.steps_per_epoch() < 1:
         raise ConfigError(
             f"{source.description}: fewer samples than one global batch "
             f"({batch} x {shard.world} ranks); lower train.batch_size"
         )
     return source
+
+
+def _file_source(cfg: DataConfig, batch: int, shard: Shard, seed: int):
+    sources = {"digits": DigitsSource, "folder": FolderSource, "webdataset": WebDatasetSource}
+    if cfg.source != "digits" and not cfg.path:
+        raise ConfigError(f"data.path is required for data.source={cfg.source} (e.g. data.path=/data/images)")
+    return sources[cfg.source](cfg, batch, shard, seed)

@@ -98,3 +98,22 @@ def parameter_counts(model: SwAVModel) -> dict[str, int]:
     counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
     counts["total"] = sum(counts.values())
     return counts
+
+
+def flops_per_image(cfg: ModelConfig, crop_sizes: list[int]) -> float:
+    """Training FLOPs of one image: the forward of trunk and head at every crop size,
+    counted by torch.utils.flop_counter on the meta device (no memory, no compute: seconds
+    even for the 10B trunk), plus the prototype matmul (2 D K per crop), times 3 for the
+    forward and the backward (2x the forward). Activation checkpointing recomputes the
+    forward, which this does not count: it is the model's FLOPs, not the device's work."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build_model(cfg, backend="reference").eval()  # BatchNorm takes a batch of one
+    forward = 0
+    for size in crop_sizes:
+        x = torch.empty(1, 3, size, size, device="meta")
+        with FlopCounterMode(display=False) as counter:
+            model.head(model.backbone(x))
+        forward += counter.get_total_flops() + 2 * cfg.head_output_dim * cfg.n_prototypes
+    return 3.0 * forward

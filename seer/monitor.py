@@ -9,12 +9,14 @@ are the best match of at least one sample.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import resource
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -59,6 +61,127 @@ class PhaseTimer:
                 self.totals[name] += a.elapsed_time(b) / 1000.0
             self._pending.clear()
         return dict(self.totals)
+
+    def reset(self) -> dict[str, float]:
+        """The totals so far, then zero: the warm-up steps' split apart from the steady one."""
+        totals = self.collect()
+        self.totals.clear()
+        return totals
+
+
+class Throughput:
+    """Steady-state images/s, told apart from the warm-up and the checkpoint writes.
+
+    The first `warmup_steps` steps of a session (compilation, cudnn autotuning, the
+    allocator's growth, the DataLoader's first batches) and every checkpoint write are
+    timed on their own. The steady rate is the images of the later steps over the wall time
+    from the end of the warm-up to the last step, less the checkpoint writes in between.
+    Wall time between marks, not the sum of per-step host times: with CUDA's asynchronous
+    launches a step's host time is not its device time, so the device is synchronized at
+    the boundaries (end of warm-up, around a checkpoint, last step) and nowhere else."""
+
+    def __init__(self, device: torch.device, warmup_steps: int) -> None:
+        self.device, self.warmup_steps = device, warmup_steps
+        self.steps = self.steady_steps = self.checkpoints = 0
+        self.warmup_images = self.steady_images = 0
+        self.checkpoint_s = 0.0
+        self._ckpt_warmup = self._ckpt_steady = self._ckpt_steady_at_mark = 0.0
+        self._start = self._warm_end = self._last = time.perf_counter()
+        self._window = (self._start, 0, 0.0)  # (time, images, checkpoint_s) at the last window
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        """The clock starts (before the first batch is asked for)."""
+        self._start = self._warm_end = self._last = time.perf_counter()
+        self._window = (self._start, 0, self.checkpoint_s)
+
+    @property
+    def warming_up(self) -> bool:
+        return self.steps < self.warmup_steps
+
+    def mark_step(self, images: int, last: bool = False) -> None:
+        """One step done (`images` over all ranks); `last`: the session's final step."""
+        if self.steps + 1 == self.warmup_steps or last:
+            self._sync()
+        now = time.perf_counter()
+        self.steps += 1
+        if self.steps <= self.warmup_steps:
+            self.warmup_images += images
+            self._warm_end = now
+        else:
+            self.steady_images += images
+            self.steady_steps += 1
+            self._ckpt_steady_at_mark = self._ckpt_steady
+        self._last = now
+
+    @contextlib.contextmanager
+    def checkpoint(self) -> Iterator[None]:
+        """Times a checkpoint write, which no rate includes."""
+        self._sync()  # the steps' queued work is theirs, not the checkpoint's
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            dt = time.perf_counter() - t
+            self.checkpoint_s += dt
+            self.checkpoints += 1
+            if self.warming_up:
+                self._ckpt_warmup += dt
+            else:
+                self._ckpt_steady += dt
+
+    @property
+    def warmup_s(self) -> float:
+        return self._warm_end - self._start - self._ckpt_warmup
+
+    @property
+    def steady_s(self) -> float:
+        if not self.steady_steps:
+            return 0.0
+        return self._last - self._warm_end - self._ckpt_steady_at_mark
+
+    def steady_rate(self) -> float | None:
+        """Images/s after the warm-up; None while no steady step is done."""
+        return self.steady_images / max(self.steady_s, 1e-9) if self.steady_steps else None
+
+    def rate(self) -> float:
+        """The steady rate, or the warm-up's for a session of warm-up steps only."""
+        steady = self.steady_rate()
+        return steady if steady is not None else self.warmup_images / max(self.warmup_s, 1e-9)
+
+    def window_rate(self) -> float:
+        """Images/s since the previous call, up to the last step, checkpoints excluded."""
+        t, images, ckpt = self._window
+        done = self.warmup_images + self.steady_images
+        elapsed = self._last - t - (self.checkpoint_s - ckpt)
+        self._window = (self._last, done, self.checkpoint_s)
+        return (done - images) / max(elapsed, 1e-9)
+
+
+# Dense 16-bit (bf16/fp16) tensor-core peaks, TFLOP/s, from NVIDIA's data sheets (the
+# sparse figures there are twice these). The first substring of the device name wins.
+PEAK_TFLOPS_16BIT = (
+    ("H200 NVL", 835.0),
+    ("H200", 989.0),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("A100", 312.0),
+    ("V100", 125.0),
+)
+
+
+def device_peak_tflops(device: torch.device, precision: str) -> float | None:
+    """The device's dense peak for the run's precision; None where it is not in the table
+    (CPUs, other GPUs, fp32: set train.peak_tflops to give it)."""
+    if device.type != "cuda" or precision not in ("bf16", "fp16"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS_16BIT if key in name), None)
 
 
 @torch.no_grad()
@@ -187,19 +310,49 @@ def plot(run_dir: Path, n_prototypes: int) -> Path | None:
     return out
 
 
+def _throughput_line(summary: dict) -> str:
+    if summary.get("steady_steps"):
+        basis = (
+            f"steady state ({summary['steady_steps']} steps after {summary['warmup_steps']} warm-up steps, "
+            "checkpoint writes excluded)"
+        )
+    else:
+        basis = f"warm-up only (all {summary['warmup_steps']} steps of the session were warm-up)"
+    line = f"images/s {summary['images_per_s']:.1f} (global), {basis}"
+    if summary.get("achieved_tflops") is not None:
+        line += (
+            f"; {summary['tflop_per_image']:.3g} TFLOP/image (model, fwd+bwd): "
+            f"{summary['achieved_tflops']:.3g} TFLOP/s per device"
+        )
+        if summary.get("peak_fraction") is not None:
+            line += f", {100 * summary['peak_fraction']:.1f}% of the device's {summary['peak_tflops']:.0f} TFLOP/s peak"
+    return line
+
+
+def _wall_line(summary: dict) -> str:
+    return (
+        f"wall {summary['wall_s']:.1f} s: warm-up {summary['warmup_s']:.1f} s ({summary['warmup_steps']} steps), "
+        f"steady {summary['steady_s']:.1f} s ({summary['steady_steps']} steps), "
+        f"checkpoints {summary['checkpoint_s']:.1f} s ({summary['checkpoint_writes']} writes), "
+        f"other {summary['other_s']:.1f} s"
+    )
+
+
 def format_summary(summary: dict) -> str:
     t = summary.get("time_s", {})
     total = sum(t.get(p, 0.0) for p in PHASES) or 1.0
     split = ", ".join(f"{p} {100 * t.get(p, 0.0) / total:.0f}%" for p in PHASES)
+    which = "steady steps" if summary.get("steady_steps") else "warm-up steps"
     mem = ", ".join(f"{k} {v:.0f}" for k, v in summary.get("memory", {}).items())
     lines = [
         f"steps {summary['steps_run']} this session (step {summary['step']}/{summary['total_steps']}), "
         f"epoch {summary['epoch']}",
         f"final loss {summary['final_loss']:.4f} (ln K = {summary['ln_k']:.4f}), "
         f"prototype usage {summary.get('proto_usage', float('nan')):.2f}, spread {summary.get('proto_spread', float('nan')):.4f}",
-        f"images/s {summary['images_per_s']:.1f} (global), wall {summary['wall_s']:.1f} s",
-        f"time split: {split}",
-        f"memory (MB): {mem}",
+        _throughput_line(summary),
+        _wall_line(summary),
+        f"time split ({which}): {split}",
+        f"peak memory (MB): {mem}",
         f"skipped images {summary['skipped_images']}, non-finite steps skipped {summary['nonfinite_steps']}",
     ]
     return "\n".join(lines)

@@ -34,10 +34,12 @@ from seer import distributed as D
 from seer.augment import MultiCrop
 from seer.config import Config, ConfigError, load_config, save_config, to_dict
 from seer.data import Shard, build_source
-from seer.models import build_model, parameter_counts
+from seer.models import build_model, flops_per_image, parameter_counts
 from seer.monitor import (
     MetricsLog,
     PhaseTimer,
+    Throughput,
+    device_peak_tflops,
     format_summary,
     peak_memory_mb,
     plot,
@@ -122,7 +124,7 @@ class Trainer:
         D.barrier(self.info)
 
         self.source = build_source(
-            cfg.data, cfg.train.batch_size, Shard(self.info.rank, self.info.world), cfg.seed
+            cfg.data, cfg.train.batch_size, Shard(self.info.rank, self.info.world), cfg.seed, self.device
         )
         self.steps_per_epoch = self.source.steps_per_epoch()
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
@@ -366,6 +368,8 @@ class Trainer:
             self._announce()
         log = MetricsLog(self.run_dir, enabled=info.is_main)
         timer = PhaseTimer(self.device)
+        clock = Throughput(self.device, cfg.train.throughput_warmup_steps)
+        self._warmup_phases: dict[str, float] = {}
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -375,8 +379,9 @@ class Trainer:
             file=sys.stderr,
         )
         start_step, start_time = self.step, time.perf_counter()
-        window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "images": 0}
+        window = {"loss": 0.0, "n": 0}
         stop = self._stop_step()
+        clock.start()
         try:
             while self.step < stop:
                 epoch = self.epoch
@@ -389,20 +394,22 @@ class Trainer:
                     lr = self.schedule(self.step)
                     self._advance()
                     self.counters["images_seen"] += images.shape[0] * info.world
-                    window["images"] += images.shape[0] * info.world
+                    clock.mark_step(images.shape[0] * info.world, last=self.step >= stop)
+                    if clock.steps == clock.warmup_steps:
+                        self._warmup_phases = timer.reset()  # the split of the steady steps alone
                     if not out.get("skipped_step"):
                         window["loss"] += out["loss"]
                         window["n"] += 1
-                    rate = window["images"] / max(time.perf_counter() - window["t"], 1e-9)
                     bar.update(1)
                     bar.set_postfix(
-                        loss=f"{out['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}", refresh=False
+                        loss=f"{out['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{clock.rate():.0f}", refresh=False
                     )
                     if want_stats:
-                        self._log(log, window, out, lr, rate)
+                        self._log(log, window, out, lr, clock)
                         timer.collect()  # CUDA: read the phase events (one sync per log)
                     if self._checkpoint_due(epoch) or self.step >= stop:
-                        self.save_checkpoint()
+                        with clock.checkpoint():
+                            self.save_checkpoint()
                     if self.step >= stop or self.epoch != epoch:
                         break
                     timer.start()
@@ -410,29 +417,36 @@ class Trainer:
             bar.close()
             log.close()
         if self.last_saved_step != self.step:
-            self.save_checkpoint()
-        return self._finish(start_step, time.perf_counter() - start_time, timer)
+            with clock.checkpoint():
+                self.save_checkpoint()
+        return self._finish(start_step, time.perf_counter() - start_time, timer, clock)
 
     def _checkpoint_due(self, epoch_before: int) -> bool:
         every = self.cfg.train.checkpoint_every
         return self.epoch != epoch_before or (every > 0 and self.step % every == 0)
 
-    def _log(self, log: MetricsLog, window: dict, out: dict, lr: float, rate: float) -> None:
+    def _log(self, log: MetricsLog, window: dict, out: dict, lr: float, clock: Throughput) -> None:
         if window["n"]:
             self.last_loss = window["loss"] / window["n"]
+        steady = clock.steady_rate()
         record = {
             "step": self.step,
             "epoch": self.epoch,
             "loss": self.last_loss,
             "lr": lr,
-            "img_s": rate,
+            # Images/s of the steps since the last record, checkpoint writes excluded; and
+            # the steady-state rate of the session so far (None during the warm-up): the
+            # last record's equals the summary's images_per_s.
+            "img_s": clock.window_rate(),
+            "steady_img_s": steady,
+            "warmup": clock.steps <= clock.warmup_steps,
             "proto_spread": out.get("proto_spread"),
             "proto_usage": out.get("proto_usage"),
             "queue": bool(out.get("queue")),
             **self.counters,
         }
         log.write(record)
-        window.update(loss=0.0, n=0, t=time.perf_counter(), images=0)
+        window.update(loss=0.0, n=0)
 
     def _announce(self) -> None:
         counts = parameter_counts(self.raw)
@@ -451,9 +465,32 @@ class Trainer:
                 file=sys.stderr,
             )
 
-    def _finish(self, start_step: int, wall: float, timer: PhaseTimer) -> dict:
-        times = timer.collect()
+    def _flops(self, images_per_s: float) -> dict:
+        """Achieved model TFLOP/s and the fraction of the device's peak, when known."""
+        sizes = [self.cfg.augment.global_size] * self.n_global
+        sizes += [self.cfg.augment.local_size] * (self.n_crops - self.n_global)
+        try:
+            per_image = flops_per_image(self.cfg.model, sizes) / 1e12
+        except Exception as exc:  # a report must not lose the run's summary
+            warnings.warn(f"cannot count the model's FLOPs on the meta device: {exc}", stacklevel=2)
+            return {}
+        peak = self.cfg.train.peak_tflops or device_peak_tflops(self.device, self.precision)
+        achieved = per_image * images_per_s / self.info.world  # per device, as the peak
+        return {
+            "tflop_per_image": per_image,
+            "achieved_tflops": achieved,
+            "peak_tflops": peak,
+            "peak_fraction": achieved / peak if peak else None,
+        }
+
+    def _finish(self, start_step: int, wall: float, timer: PhaseTimer, clock: Throughput) -> dict:
+        phases = timer.collect()
+        # Before the warm-up ends, the timer's totals are all the warm-up's.
+        warmup_phases = self._warmup_phases if clock.steps >= clock.warmup_steps else phases
+        steady_phases = phases if clock.steady_steps else {}
         steps_run = self.step - start_step
+        rate = clock.rate() if steps_run else 0.0
+        timed = clock.warmup_s + clock.steady_s + clock.checkpoint_s
         summary = {
             "step": self.step,
             "total_steps": self.total_steps,
@@ -461,10 +498,22 @@ class Trainer:
             "steps_run": steps_run,
             "final_loss": self.last_loss,
             "ln_k": math.log(self.cfg.model.n_prototypes),
-            "images_per_s": steps_run * self.global_batch / wall if steps_run else 0.0,
+            # Steady state (see seer.monitor.Throughput); the warm-up's rate only for a
+            # session of warm-up steps alone (steady_steps 0).
+            "images_per_s": rate,
+            "steady_steps": clock.steady_steps,
+            "steady_s": clock.steady_s,
+            "warmup_steps": min(clock.steps, clock.warmup_steps),
+            "warmup_s": clock.warmup_s,
+            "checkpoint_writes": clock.checkpoints,
+            "checkpoint_s": clock.checkpoint_s,
+            "other_s": max(wall - timed, 0.0),
             "wall_s": wall,
-            "time_s": times,
+            # Phases of the steady steps (of the warm-up steps when there are no others).
+            "time_s": steady_phases or warmup_phases,
+            "warmup_time_s": warmup_phases,
             "memory": peak_memory_mb(self.device),
+            **(self._flops(rate) if steps_run else {}),
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             **self.counters,
         }

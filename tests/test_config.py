@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seer.config import Config, ConfigError, from_dict, load_config, save_config, to_dict, valid_keys
-from seer.models import build_model, parameter_counts
+from seer.models import build_model, flops_per_image, parameter_counts
 from seer.train import main
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -170,3 +170,15 @@ def test_seer_10b_on_meta():
     counts = parameter_counts(model)
     assert model.backbone.num_features == 28280
     assert 9.0e9 < counts["trunk"] < 9.6e9 and 9.5e9 < counts["total"] < 10.5e9
+
+
+def test_flops_per_image_match_published_counts():
+    """torchvision's regnet_y_32gf is 32.28 GMACs at 224 px: the trunk's forward is twice
+    that in FLOPs; the head and prototypes add their matmuls; training is 3x the forward."""
+    cfg = load_config("seer_regnety_32gf").model
+    head = 2 * (3712 * 8192 + 8192 * 8192 + 8192 * 256) + 2 * 256 * 16000
+    big, small, both = (flops_per_image(cfg, sizes) for sizes in ([224], [96], [224, 96]))
+    assert big / 3 == pytest.approx(2 * 32.28e9 + head, rel=0.01)
+    # Crops add up, and a 96 px crop costs about (96/224)^2 of a 224 px one.
+    assert both == pytest.approx(big + small, rel=1e-9)
+    assert small / big == pytest.approx((96 / 224) ** 2, rel=0.1)

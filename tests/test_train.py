@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import torch
 from seer import checkpoint as ckpt_io
 from seer.config import load_config
 from seer.models import build_backbone
+from seer.monitor import format_summary
 from seer.train import NonFiniteLoss, Trainer, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -320,3 +322,58 @@ def test_training_options_run(tmp_path, options):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     if "train.precision=fp16" in options:
         assert state["scaler"] is not None and state["scaler"]["scale"] > 0
+
+
+# ------------------------------------------------------------------------ throughput
+
+
+def test_summary_rate_is_the_steady_state_of_the_metrics(tmp_path, monkeypatch):
+    """Slow checkpoint writes (0.5 s each, one per step) and a slow first step do not enter
+    the summary's images/s: it is the metrics' steady-state rate, over the steps' time."""
+    durations = []
+    real_step, real_save = Trainer.train_step, ckpt_io.atomic_save
+
+    def timed_step(self, *args):
+        t = time.perf_counter()
+        if self.step == 0:
+            time.sleep(0.5)  # a compiling first step
+        out = real_step(self, *args)
+        durations.append(time.perf_counter() - t)
+        return out
+
+    def slow_save(*args):
+        time.sleep(0.5)
+        return real_save(*args)
+
+    monkeypatch.setattr(Trainer, "train_step", timed_step)
+    monkeypatch.setattr(ckpt_io, "atomic_save", slow_save)
+    run = tmp_path / "run"
+    overrides = ["train.max_steps=7", "train.checkpoint_every=1", "train.throughput_warmup_steps=2"]
+    summary = train(small_cfg(run, *overrides, "train.export_backbone=false", "train.peak_tflops=1.0"))
+    records = metrics(run)
+    steady = [r for r in records if not r["warmup"]]
+    assert [r["warmup"] for r in records] == [True, True] + [False] * 5
+    assert summary["steady_steps"] == 5 and summary["warmup_steps"] == 2
+    assert summary["images_per_s"] == pytest.approx(records[-1]["steady_img_s"], rel=1e-12)
+    # Each record is one step here: the steady rate is the images over the steps' times.
+    assert summary["images_per_s"] == pytest.approx(16 * 5 / sum(16 / r["img_s"] for r in steady), rel=1e-6)
+    # Checkpoints and warm-up are timed apart; one leaked checkpoint would add 0.5 s here.
+    assert summary["checkpoint_writes"] == 7 and summary["checkpoint_s"] >= 7 * 0.5
+    assert summary["warmup_s"] >= sum(durations[:2]) > 0.5
+    assert sum(durations[2:]) <= summary["steady_s"] < sum(durations[2:]) + 0.25
+    assert summary["images_per_s"] > 2 * 16 * 7 / summary["wall_s"]
+    parts = summary["warmup_s"] + summary["steady_s"] + summary["checkpoint_s"] + summary["other_s"]
+    assert parts == pytest.approx(summary["wall_s"], rel=1e-6)
+    # FLOPs: counted on the meta device; the peak given by train.peak_tflops (no CPU peak).
+    assert summary["tflop_per_image"] > 0 and summary["peak_tflops"] == 1.0
+    assert summary["peak_fraction"] == pytest.approx(summary["achieved_tflops"])
+    assert summary["achieved_tflops"] == pytest.approx(summary["tflop_per_image"] * summary["images_per_s"])
+    assert set(summary["time_s"]) >= {"forward", "backward"} and set(summary["warmup_time_s"]) >= {"forward"}
+
+
+def test_summary_of_a_session_shorter_than_the_warmup(tmp_path):
+    summary = train(small_cfg(tmp_path, "train.max_steps=2", "train.export_backbone=false"))
+    assert summary["steady_steps"] == 0 and summary["warmup_steps"] == 2
+    assert summary["images_per_s"] > 0 and summary["steady_s"] == 0
+    assert set(summary["time_s"]) >= {"forward", "backward"} and summary["peak_fraction"] is None
+    assert "warm-up only" in format_summary({**summary, "proto_usage": 0.5, "proto_spread": 0.1})
