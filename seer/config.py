@@ -137,7 +137,9 @@ class TrainConfig:
     grad_checkpointing: bool = False
     # NHWC: on the CPU it halves the convolution backward of the default (oneDNN).
     channels_last: bool = True
-    compile: bool = False
+    # true: torch.compile the whole trunk; "regional": compile each block of the trunk's
+    # stages instead (blocks of one shape share a graph: far shorter compile times).
+    compile: bool | Literal["regional"] = False
     sync_bn: bool = False
     # Stop on a non-finite loss (naming the step and last checkpoint) unless this is set,
     # in which case the step is skipped and counted.
@@ -230,6 +232,8 @@ def _locate(cfg: Config, key: str) -> tuple[Any, str, Any]:
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", None) or str(tp)
 
 

@@ -75,6 +75,36 @@ class SwAVModel(nn.Module):
         return z, scores
 
 
+def compile_blocks(backbone: nn.Module, input_sizes: int) -> int:
+    """Regional compilation: every block of the trunk's stages compiled in place
+    (`nn.Module.compile`, so state-dict keys keep their names), the stem and the stage
+    loops left eager. Blocks of one shape share one compiled graph (torch compiles a
+    module's forward once and guards on its parameters' shapes), so compile time scales
+    with the distinct block shapes, not the depth. Returns the number of blocks compiled.
+
+    All blocks share one code object (the block class's forward), whose graphs count
+    against dynamo's recompile limit (8): distinct block shapes x `input_sizes` crop
+    resolutions may exceed it, after which dynamo silently runs the rest eagerly, so the
+    limit is raised to what this trunk can need."""
+    from timm.models.regnet import RegStage
+
+    blocks = [
+        block for stage in backbone.children() if isinstance(stage, RegStage) for block in stage.children()
+    ]
+    if not blocks:
+        raise ValueError(
+            f"train.compile=regional compiles the blocks of a timm RegNet trunk; {type(backbone).__name__} has none "
+            "(use train.compile=true to compile the whole trunk)"
+        )
+    import torch._dynamo
+
+    needed = len(blocks) * max(input_sizes, 1)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, needed)
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
 def build_model(cfg: ModelConfig, backend: str | None = None) -> SwAVModel:
     backbone = build_backbone(cfg.arch, **cfg.timm_kwargs)
     head = SwAVProjectionHead(

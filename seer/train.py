@@ -34,7 +34,7 @@ from seer import distributed as D
 from seer.augment import MultiCrop
 from seer.config import Config, ConfigError, load_config, save_config, to_dict
 from seer.data import Shard, build_source
-from seer.models import build_model, flops_per_image, parameter_counts
+from seer.models import build_model, compile_blocks, flops_per_image, parameter_counts
 from seer.monitor import (
     MetricsLog,
     PhaseTimer,
@@ -161,7 +161,12 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         if cfg.train.grad_checkpointing:
             model.backbone.set_grad_checkpointing(True)
-        if cfg.train.compile:
+        if cfg.train.compile == "regional":
+            sizes = {cfg.augment.global_size} | (
+                {cfg.augment.local_size} if cfg.augment.local_crops else set()
+            )
+            compile_blocks(model.backbone, len(sizes))
+        elif cfg.train.compile:
             model.backbone.compile()  # in place: state-dict keys keep their names
         return model
 

@@ -65,7 +65,7 @@ def test_unknown_key_lists_the_valid_ones():
         ("train.batch_size=1.5", "expects int, got 1.5"),
         ("train.batch_size=true", "expects int, got True"),
         ("optimizer.lr=fast", "optimizer.lr' expects float"),
-        ("train.compile=1", "train.compile' expects bool, got 1"),
+        ("train.compile=1", "train.compile' expects bool or one of 'regional', got 1"),
         ("train.precision=fp8", "one of 'auto', 'fp32', 'bf16', 'fp16'"),
         ("augment.global_scale=[0.2, x]", r"augment.global_scale\[1\]' expects float"),
         ("model.timm_kwargs=[1]", "model.timm_kwargs' expects dict"),

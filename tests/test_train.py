@@ -377,3 +377,27 @@ def test_summary_of_a_session_shorter_than_the_warmup(tmp_path):
     assert summary["images_per_s"] > 0 and summary["steady_s"] == 0
     assert set(summary["time_s"]) >= {"forward", "backward"} and summary["peak_fraction"] is None
     assert "warm-up only" in format_summary({**summary, "proto_usage": 0.5, "proto_spread": 0.1})
+
+
+def test_regional_compile_compiles_each_block_once_per_shape():
+    """train.compile=regional: every stage block compiled in place, blocks of one shape
+    sharing a graph (fewer graphs than blocks x resolutions), outputs as eager's."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    from seer.models import compile_blocks
+
+    torch.manual_seed(0)
+    trunk = build_backbone("regnetx_002", downsample="avg").eval()
+    eager = copy.deepcopy(trunk)
+    counters.clear()
+    assert compile_blocks(trunk, 2) == 13
+    x, small = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(trunk(x), eager(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(trunk(small), eager(small), rtol=1e-4, atol=1e-5)
+    assert 0 < counters["stats"]["unique_graphs"] < 13 * 2
+    assert trunk.stem._compiled_call_impl is None and trunk.s3.b2._compiled_call_impl is not None
+    with pytest.raises(ValueError, match="train.compile=regional"):
+        compile_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)), 1)
