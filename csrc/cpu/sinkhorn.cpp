@@ -15,10 +15,11 @@
 // (4096, 3000, 3) fp32: 4 * 49.2 MB + 49.2 MB = 246 MB. One exp per element per pass.
 //
 // Parallel layout: the rows are cut into chunks that depend on B only (not on the
-// thread count, so results are bit-identical for any number of threads); at::parallel_for
-// hands each thread a run of chunks, each chunk accumulates private per-column (shift,
-// sum) statistics in registers over 8-row blocks, and a second parallel_for over columns
-// merges the chunks (max of shifts, rescaled sums).
+// thread count, so results are bit-identical for any number of threads); the threads
+// claim chunks one at a time (parallel_claim), each chunk accumulates private per-column
+// (shift, sum) statistics in registers over 8-row blocks, and the chunks are merged
+// (max of shifts, rescaled sums; threaded over columns only when that is big). One
+// parallel region per pass: T + 1 per call at SEER sizes.
 //
 // Column logsumexps. Pass 0 keeps a per-column running max (the shift), so nothing over-
 // or underflows for any finite input at any eps. Passes t >= 1 sum softmax entries
@@ -39,10 +40,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sinkhorn_kernels.h"
@@ -54,40 +59,77 @@
 namespace seer_kernels::cpu {
 namespace {
 
-// Codes are a fresh (B, K) fp32 tensor per call, tens to hundreds of MB. Fresh memory
-// costs a page fault per 4 KiB page on first touch, which on this VM took longer than
-// the whole computation ((4096, 3000): ~25 ms of faults against ~5 ms per pass);
-// transparent huge pages (2 MiB, requested with madvise, as c10 does under
-// THP_MEM_ALLOC_ENABLE=1) cut the faults 512-fold. Outputs below 4 MiB use the default
-// CPU allocator.
-class HugePageAllocator final : public c10::Allocator {
+// Codes are a fresh (B, K) fp32 tensor per call, tens to hundreds of MB: above glibc's
+// mmap threshold (at most 32 MiB), so a plain allocation is a fresh mapping every call,
+// and the kernel zeroes every page on its first touch. Measured on a 2-core VM at
+// (4096, 3000), 49 MB: 12288 faults and 24-107 ms with 4 KiB pages; 24 faults but still
+// 14-20 ms (the zeroing, at ~3 GB/s) with transparent huge pages, against ~10 ms per pass.
+// So the allocator (1) asks for 2 MiB pages (madvise, as c10 does under
+// THP_MEM_ALLOC_ENABLE=1) and (2) keeps the one most recently freed block of up to
+// kMaxCachedBytes for the next request of the same size: in a training loop each step's
+// codes are freed before the next step asks for them, and the reused block costs neither
+// faults nor zeroing. At most one freed block is held (the newest; a bigger one is
+// returned to the system at once). Outputs below 4 MiB use the default CPU allocator.
+class CodesAllocator final : public c10::Allocator {
  public:
   static constexpr size_t kPage = size_t(2) << 20;
+  static constexpr size_t kMaxCachedBytes = size_t(256) << 20;
+
+  // Never destroyed: codes tensors may be freed after static destructors have run.
+  static CodesAllocator& instance() {
+    static auto* allocator = new CodesAllocator();
+    return *allocator;
+  }
+
   c10::DataPtr allocate(size_t bytes) override {
     const size_t size = std::max(kPage, (bytes + kPage - 1) / kPage * kPage);
-    void* ptr = nullptr;
-    TORCH_CHECK(posix_memalign(&ptr, kPage, size) == 0, "sinkhorn: out of memory allocating ", size,
-                " bytes");
+    void* ptr = take_cached(size);
+    if (ptr == nullptr) {
+      TORCH_CHECK(posix_memalign(&ptr, kPage, size) == 0, "sinkhorn: out of memory allocating ",
+                  size, " bytes");
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    madvise(ptr, size, MADV_HUGEPAGE);  // advisory: without THP it is plain memory
+      madvise(ptr, size, MADV_HUGEPAGE);  // advisory: without THP it is plain memory
 #endif
-    return {ptr, ptr, &release, c10::Device(c10::DeviceType::CPU)};
+    }
+    return {ptr, new Block{ptr, size}, &release, c10::Device(c10::DeviceType::CPU)};
   }
-  c10::DeleterFnPtr raw_deleter() const override { return &release; }
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     default_copy_data(dest, src, count);
   }
 
  private:
-  static void release(void* ptr) { std::free(ptr); }
+  struct Block {
+    void* ptr;
+    size_t size;
+  };
+
+  void* take_cached(size_t size) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (cached_.ptr == nullptr || cached_.size != size) return nullptr;
+    return std::exchange(cached_.ptr, nullptr);
+  }
+
+  // The freed block becomes the cached one; the one it displaces goes back to the system.
+  static void release(void* context) {
+    const std::unique_ptr<Block> block(static_cast<Block*>(context));
+    void* to_free = block->ptr;
+    if (block->size <= kMaxCachedBytes) {
+      CodesAllocator& self = instance();
+      const std::lock_guard<std::mutex> lock(self.mutex_);
+      to_free = std::exchange(self.cached_, *block).ptr;
+    }
+    std::free(to_free);  // free(nullptr) is a no-op
+  }
+
+  std::mutex mutex_;
+  Block cached_{nullptr, 0};
 };
 
 at::Tensor empty_codes(int64_t rows, int64_t cols) {
-  static HugePageAllocator allocator;
   if (rows * cols * int64_t(sizeof(float)) < (int64_t(4) << 20)) {
     return at::empty({rows, cols}, at::TensorOptions().dtype(at::kFloat));
   }
-  return at::detail::empty_generic({rows, cols}, &allocator,
+  return at::detail::empty_generic({rows, cols}, &CodesAllocator::instance(),
                                    c10::DispatchKeySet(c10::DispatchKey::CPU), at::kFloat,
                                    std::nullopt);
 }
@@ -164,6 +206,25 @@ at::Tensor thread_scratch(int64_t floats_per_thread) {
                    at::TensorOptions().dtype(at::kFloat));
 }
 
+// Runs task(index, thread) for every index in [0, count): one parallel region in which
+// each thread claims the next index until none is left. at::parallel_for alone splits
+// the range into one fixed run per thread, so when the machine is busy and one thread is
+// descheduled, the other finishes its run and waits at the join for the whole of the
+// sleeper's (measured: a 2-thread pass 2-3x a 1-thread one); claiming one index at a
+// time bounds that wait by one task. Which thread runs a task never changes its result.
+template <typename Task>
+void parallel_claim(int64_t count, const Task& task) {
+  std::atomic<int64_t> next{0};
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), count);
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    const int thread = at::get_thread_num();
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < count;
+         i = next.fetch_add(1, std::memory_order_relaxed)) {
+      task(i, thread);
+    }
+  });
+}
+
 // Column statistics over all rows, merged: (2, Kp) fp32 [shift; sum of exp(x - shift)].
 at::Tensor colstats_padded(const Operand& op, bool normalize_rows, const Kernels& k) {
   const Problem& p = op.problem;
@@ -179,13 +240,11 @@ at::Tensor colstats_padded(const Operand& op, bool normalize_rows, const Kernels
   }
   const int64_t scratch_size = sinkhorn::kBlockRows * p.padded;
   at::Tensor scratch = thread_scratch(scratch_size);
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    float* buffer = scratch.data_ptr<float>() + at::get_thread_num() * scratch_size;
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t row0 = c * per;
-      k.colstats_rows(p, row0, std::min(per, rows - row0), normalize_rows, buffer,
-                      part + 2 * c * p.padded);
-    }
+  float* buffers = scratch.data_ptr<float>();
+  parallel_claim(chunks, [&](int64_t c, int thread) {
+    const int64_t row0 = c * per;
+    k.colstats_rows(p, row0, std::min(per, rows - row0), normalize_rows,
+                    buffers + thread * scratch_size, part + 2 * c * p.padded);
   });
   at::Tensor merged = at::empty({2, p.padded}, opts);
   float* out = merged.data_ptr<float>();
@@ -204,11 +263,16 @@ at::Tensor codes(const Operand& op, bool normalize_rows, const Kernels& k, float
   const Problem& p = op.problem;
   at::Tensor out = empty_codes(op.rows(), op.cols());
   float* dst = out.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(p.padded, 1));
+  // Tasks of ~1 MiB of scores (at least 8 rows): ~50 of them at (4096, 3000), so a
+  // descheduled thread holds up at most a fiftieth of the pass.
+  const int64_t per = std::max<int64_t>(8, (int64_t(1) << 18) / std::max<int64_t>(p.padded, 1));
+  const int64_t rows = op.rows();
   at::Tensor scratch = thread_scratch(p.padded);
-  at::parallel_for(0, op.rows(), grain, [&](int64_t r0, int64_t r1) {
-    float* buffer = scratch.data_ptr<float>() + at::get_thread_num() * p.padded;
-    k.codes_rows(p, r0, r1 - r0, normalize_rows, scale, buffer, dst);
+  float* buffers = scratch.data_ptr<float>();
+  parallel_claim(ceil_div(rows, per), [&](int64_t task, int thread) {
+    const int64_t r0 = task * per;
+    k.codes_rows(p, r0, std::min(per, rows - r0), normalize_rows, scale,
+                 buffers + thread * p.padded, dst);
   });
   return out;
 }
