@@ -23,9 +23,12 @@ import torch.distributed as dist
 # ops) imports it. Imported after init_process_group, those defaults pin the world group:
 # destroy_process_group then cannot free it, its gloo worker and transport threads run on
 # until interpreter exit, and a rank that finished its work can die there with
-# "terminate called without an active exception" (SIGABRT).
+# "terminate called without an active exception" (SIGABRT). ZeroRedundancyOptimizer's
+# module does the same (`_broadcast_object(..., group=dist.group.WORLD)`), so it is
+# imported here too, not where a checkpoint first needs it.
 import torch.distributed.nn  # noqa: F401
 from torch import nn
+from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -184,8 +187,6 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Full optimizer state for rank 0 to save. Collective: call on every rank."""
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
     if isinstance(optimizer, ZeroRedundancyOptimizer):
         optimizer.consolidate_state_dict(to=0)
         return optimizer.state_dict() if dist.get_rank() == 0 else {}
@@ -193,8 +194,6 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
     if isinstance(optimizer, ZeroRedundancyOptimizer):
         optimizer.load_state_dict(state)
         return
