@@ -28,7 +28,6 @@ import torch.distributed as dist
 # imported here too, not where a checkpoint first needs it.
 import torch.distributed.nn  # noqa: F401
 from torch import nn
-from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -36,6 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from seer.config import Config
 
