@@ -124,8 +124,48 @@ def _restart_scoped_store(world: int, timeout: datetime.timedelta) -> dist.Store
     return dist.PrefixStore(f"seer/attempt_{attempt}/", store)
 
 
+def _drop_mesh_caches() -> None:
+    """Empty DTensor's process-wide caches, which keep every DeviceMesh they saw alive.
+
+    FSDP2's parameters are DTensors, and torch memoizes their sharding and redistribution
+    plans for the life of the process: the C++ and Python sharding-propagation caches and
+    the transform-plan cache (keyed by DTensorSpecs, which hold their mesh), the planner
+    cache and `MeshTopoInfo.build_from_mesh` (keyed by the mesh). A mesh holds its process
+    group, so after a FSDP2 run destroy_process_group cannot free the world group: its gloo
+    worker and transport threads outlive it and meet interpreter exit still joinable, where
+    a rank that finished its work can die with "terminate called without an active
+    exception". The names are private and move between torch releases, so each is
+    looked up, not assumed.
+    """
+    clear_cpp = getattr(torch._C, "_clear_DTensor_sharding_propagator_cache", None)
+    if clear_cpp is not None:
+        clear_cpp()
+    try:
+        from torch.distributed.tensor import DTensor, _collective_utils, _redistribute
+    except ImportError:
+        return
+    propagator = getattr(getattr(DTensor, "_op_dispatcher", None), "sharding_propagator", None)
+    caches = [
+        getattr(propagator, "propagate_op_sharding", None),
+        getattr(_redistribute, "_gen_transform_infos", None),
+        getattr(getattr(_collective_utils, "MeshTopoInfo", None), "build_from_mesh", None),
+    ]
+    for cache in caches:
+        if hasattr(cache, "cache_clear"):
+            cache.cache_clear()
+    planners = getattr(_redistribute, "_planner_cache", None)
+    if isinstance(planners, dict):
+        planners.clear()
+
+
 def teardown() -> None:
+    """Destroy the process group so that its threads end with it, not at interpreter exit.
+
+    The group is freed (and its threads joined) when its last reference goes: DTensor's
+    caches are emptied here, and whoever holds the model must drop it too.
+    """
     if dist.is_available() and dist.is_initialized():
+        _drop_mesh_caches()
         dist.destroy_process_group()
 
 

@@ -586,6 +586,7 @@ def train(cfg: Config) -> dict:
             print(failure_note(trainer, exc), file=sys.stderr, flush=True)
         raise
     finally:
+        trainer = None  # drop the model (and its process groups) before they are destroyed
         D.teardown()
 
 

@@ -217,39 +217,43 @@ WORKER = textwrap.dedent(
     import json, sys
     import torch, torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from seer import distributed as D
     from seer.config import load_config
     from seer.train import Trainer
 
-    out, overrides = sys.argv[1], sys.argv[2:]
-    trainer = Trainer(load_config(None, overrides))
-    summary = trainer.fit()
-    full = get_model_state_dict(trainer.raw, options=StateDictOptions(full_state_dict=True))
-    names = [n for n, _ in trainer.raw.named_parameters()]
-    flat = torch.cat([full[n].detach().float().flatten().cpu() for n in names])
-    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, flat)
-    proto = trainer.raw.prototypes.heads[0].weight
-    seen = {}
-    def record(module, inputs, output):
-        seen["trunk"] = f"{output.dtype} {module.weight.dtype}"
+    def run(out, overrides):
+        trainer = Trainer(load_config(None, overrides))
+        summary = trainer.fit()
+        full = get_model_state_dict(trainer.raw, options=StateDictOptions(full_state_dict=True))
+        names = [n for n, _ in trainer.raw.named_parameters()]
+        flat = torch.cat([full[n].detach().float().flatten().cpu() for n in names])
+        gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, flat)
+        proto = trainer.raw.prototypes.heads[0].weight
+        seen = {}
+        def record(module, inputs, output):
+            seen["trunk"] = f"{output.dtype} {module.weight.dtype}"
 
-    trainer.raw.backbone.stem.conv.register_forward_hook(record)
-    with torch.no_grad(), trainer._autocast():
-        _, scores = trainer.model([torch.randn(4, 3, 32, 32)])
-    if dist.get_rank() == 0:
-        json.dump({
-            "max_diff": max(float((g - gathered[0]).abs().max()) for g in gathered),
-            "n_params": flat.numel(),
-            "loss": summary["final_loss"],
-            "step": summary["step"],
-            "world": dist.get_world_size(),
-            "mode": trainer.info.mode,
-            "proto_dtype": str(getattr(proto, "_local_tensor", proto).dtype),
-            "scores_dtype": str(scores.dtype),
-            "trunk_dtype": seen["trunk"],
-            "optimizer": type(trainer.optimizer).__name__,
-        }, open(out, "w"))
-    dist.destroy_process_group()
+        trainer.raw.backbone.stem.conv.register_forward_hook(record)
+        with torch.no_grad(), trainer._autocast():
+            _, scores = trainer.model([torch.randn(4, 3, 32, 32)])
+        if dist.get_rank() == 0:
+            json.dump({
+                "max_diff": max(float((g - gathered[0]).abs().max()) for g in gathered),
+                "n_params": flat.numel(),
+                "loss": summary["final_loss"],
+                "step": summary["step"],
+                "world": dist.get_world_size(),
+                "mode": trainer.info.mode,
+                "proto_dtype": str(getattr(proto, "_local_tensor", proto).dtype),
+                "scores_dtype": str(scores.dtype),
+                "trunk_dtype": seen["trunk"],
+                "optimizer": type(trainer.optimizer).__name__,
+            }, open(out, "w"))
+    # As seer-train ends: the trainer (and with it the model's process groups) is dropped
+    # before the group is destroyed, so no gloo thread outlives it.
+    run(sys.argv[1], sys.argv[2:])
+    D.teardown()
     """
 )
 
@@ -271,6 +275,7 @@ def _torchrun(tmp_path: Path, *overrides: str) -> dict:
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "terminate called" not in proc.stderr, proc.stderr[-4000:]
     return json.loads(out.read_text())
 
 
