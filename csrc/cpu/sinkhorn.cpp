@@ -50,6 +50,8 @@
 #include <utility>
 #include <vector>
 
+#include "../op_checks.h"
+#include "../sinkhorn_merge.h"
 #include "sinkhorn_kernels.h"
 
 #if defined(__linux__)
@@ -152,27 +154,24 @@ const Kernels& kernels() {
   return table;
 }
 
+// The scores' dtype as the kernels name it; check_sinkhorn_scores (op_checks.h) has
+// rejected every other dtype.
 InputType input_type(const at::Tensor& scores) {
   switch (scores.scalar_type()) {
-    case at::kFloat:
-      return InputType::kFloat;
     case at::kHalf:
       return InputType::kHalf;
     case at::kBFloat16:
       return InputType::kBFloat16;
     default:
-      TORCH_CHECK(false, "sinkhorn: scores must be float32, float16 or bfloat16, got ",
-                  scores.scalar_type());
+      return InputType::kFloat;
   }
 }
 
+// The op-level contract (op_checks.h) on a CPU tensor.
 void check_scores(const at::Tensor& scores, double epsilon) {
-  TORCH_CHECK(scores.dim() == 2, "sinkhorn: scores must be 2-D (B, K), got shape ", scores.sizes());
+  check_sinkhorn_scores(scores, epsilon);
   TORCH_CHECK(scores.device().is_cpu(), "sinkhorn: scores must be a CPU tensor, got ",
               scores.device());
-  TORCH_CHECK(std::isfinite(epsilon) && epsilon > 0, "sinkhorn: epsilon must be > 0, got ",
-              epsilon);
-  input_type(scores);
 }
 
 // Rows per chunk: a function of B only, about 16 chunks (256 rows each beyond 4096 rows)
@@ -283,8 +282,7 @@ float column_lse(const float* merged, int64_t padded, int64_t col) {
 }
 
 void set_log_u(Operand& op, const at::Tensor& log_u) {
-  TORCH_CHECK(log_u.dim() == 1 && log_u.size(0) == op.cols(), "sinkhorn: log_u must have shape (",
-              op.cols(), ",), got ", log_u.sizes());
+  check_sinkhorn_log_u(log_u, op.cols());
   TORCH_CHECK(log_u.device().is_cpu(), "sinkhorn: log_u must be a CPU tensor, got ",
               log_u.device());
   const at::Tensor lu = log_u.to(at::kFloat).contiguous();
@@ -312,7 +310,7 @@ at::Tensor sinkhorn_codes_cpu(const at::Tensor& scores, const at::Tensor& log_u,
 // The fused op: T + 1 passes over the scores, log_u updated in between, no Python.
 at::Tensor sinkhorn_cpu(const at::Tensor& scores, double epsilon, int64_t iterations) {
   check_scores(scores, epsilon);
-  TORCH_CHECK(iterations >= 0, "sinkhorn: iterations must be >= 0, got ", iterations);
+  check_sinkhorn_iterations(iterations);
   const Kernels& k = kernels();
   Operand op(scores, epsilon, k);
   const int64_t cols = op.cols();
@@ -339,12 +337,17 @@ at::Tensor sinkhorn_cpu(const at::Tensor& scores, double epsilon, int64_t iterat
     std::fill(op.log_u.begin(), op.log_u.begin() + cols, float(-total));
     return codes(op, /*normalize_rows=*/false, k, float(op.rows()));
   }
-  for (int64_t c = 0; c < cols; ++c) op.log_u[c] = -column_lse(st, padded, c) - log_k;
+  for (int64_t c = 0; c < cols; ++c) {
+    op.log_u[c] =
+        sinkhorn_log_u(SinkhornMerge::kFirst, column_lse(st, padded, c), op.log_u[c], log_b, log_k);
+  }
   for (int64_t t = 1; t < iterations; ++t) {
     stats = colstats_padded(op, /*normalize_rows=*/true, k);
     st = stats.data_ptr<float>();
-    for (int64_t c = 0; c < cols; ++c)
-      op.log_u[c] = ((op.log_u[c] + log_b) - log_k) - column_lse(st, padded, c);
+    for (int64_t c = 0; c < cols; ++c) {
+      op.log_u[c] = sinkhorn_log_u(SinkhornMerge::kUpdate, column_lse(st, padded, c), op.log_u[c],
+                                   log_b, log_k);
+    }
   }
   return codes(op, /*normalize_rows=*/true, k);
 }
