@@ -58,7 +58,7 @@
 #include <sys/mman.h>
 #endif
 
-namespace seer_kernels::cpu {
+namespace seer_kernels::cpu::sinkhorn {
 namespace {
 
 // Codes are a fresh (B, K) fp32 tensor per call, tens to hundreds of MB: above glibc's
@@ -136,10 +136,6 @@ at::Tensor empty_codes(int64_t rows, int64_t cols) {
                                    std::nullopt);
 }
 
-using sinkhorn::InputType;
-using sinkhorn::Kernels;
-using sinkhorn::Problem;
-
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The instruction-set table at::get_cpu_capability() names (it honours
@@ -147,9 +143,9 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 const Kernels& kernels() {
   static const Kernels& table = []() -> const Kernels& {
     const std::string cap = at::get_cpu_capability();
-    if (cap == "AVX512") return sinkhorn::kernels_avx512();
-    if (cap == "AVX2") return sinkhorn::kernels_avx2();
-    return sinkhorn::kernels_default();
+    if (cap == "AVX512") return kernels_avx512();
+    if (cap == "AVX2") return kernels_avx2();
+    return kernels_default();
   }();
   return table;
 }
@@ -178,8 +174,7 @@ void check_scores(const at::Tensor& scores, double epsilon) {
 // so two to sixteen threads get balanced work; a multiple of the 8-row block.
 int64_t rows_per_chunk(int64_t rows) {
   const int64_t target = std::max<int64_t>(16, ceil_div(rows, 256));
-  return std::max<int64_t>(1, ceil_div(ceil_div(rows, target), sinkhorn::kBlockRows)) *
-         sinkhorn::kBlockRows;
+  return std::max<int64_t>(1, ceil_div(ceil_div(rows, target), kBlockRows)) * kBlockRows;
 }
 
 // The scores (contiguous) and a padded fp32 log_u that outlive the Problem.
@@ -237,7 +232,7 @@ at::Tensor colstats_padded(const Operand& op, bool normalize_rows, const Kernels
     partial.select(1, 0).fill_(0.f);
     partial.select(1, 1).fill_(0.f);
   }
-  const int64_t scratch_size = sinkhorn::kBlockRows * p.padded;
+  const int64_t scratch_size = kBlockRows * p.padded;
   at::Tensor scratch = thread_scratch(scratch_size);
   float* buffers = scratch.data_ptr<float>();
   parallel_claim(chunks, [&](int64_t c, int thread) {
@@ -360,4 +355,4 @@ TORCH_LIBRARY_IMPL(seer_kernels, CPU, m) {
   m.impl("sinkhorn_codes", &sinkhorn_codes_cpu);
 }
 
-}  // namespace seer_kernels::cpu
+}  // namespace seer_kernels::cpu::sinkhorn

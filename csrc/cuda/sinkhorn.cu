@@ -38,13 +38,13 @@
 
 #include "../op_checks.h"
 #include "../sinkhorn_merge.h"
+#include "reduce.cuh"
 
-namespace seer_kernels::cuda {
+namespace seer_kernels::cuda::sinkhorn {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kRowsPerBatch = 4;  // rows whose logsumexps one normalized block reduces together
-constexpr unsigned kFullMask = 0xffffffffu;
 
 __device__ __forceinline__ float finite_or_zero(float m) { return isfinite(m) ? m : 0.f; }
 
@@ -78,7 +78,8 @@ __device__ __forceinline__ void online_merge(float& m, float& s, float m2, float
   m = mx;
 }
 
-// Block-wide (max, sum) of R independent rows; every thread gets the same results.
+// Block-wide online (max, sum) of R independent rows (the pair version of reduce.cuh's
+// block_reduce, R rows sharing each barrier); every thread gets the same results.
 template <int R>
 __device__ void block_reduce(float (&m)[R], float (&s)[R]) {
   __shared__ float shared_m[R][32];
@@ -88,10 +89,8 @@ __device__ void block_reduce(float (&m)[R], float (&s)[R]) {
   const int warps = blockDim.x >> 5;
 #pragma unroll
   for (int i = 0; i < R; ++i) {
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      online_merge(m[i], s[i], __shfl_xor_sync(kFullMask, m[i], offset),
-                   __shfl_xor_sync(kFullMask, s[i], offset));
-    }
+    warp_reduce_pair(m[i], s[i],
+                     [](float& a, float& b, float a2, float b2) { online_merge(a, b, a2, b2); });
     if (lane == 0) {
       shared_m[i][warp] = m[i];
       shared_s[i][warp] = s[i];
@@ -391,4 +390,4 @@ TORCH_LIBRARY_IMPL(seer_kernels, CUDA, m) {
   m.impl("sinkhorn_codes", &sinkhorn_codes_cuda);
 }
 
-}  // namespace seer_kernels::cuda
+}  // namespace seer_kernels::cuda::sinkhorn
