@@ -1,6 +1,7 @@
-// Argument checks shared by the CPU and CUDA kernels of prototype_scores and
-// swav_cross_entropy: the op-level contract for direct torch.ops calls (the Python
-// wrappers check first, with friendlier messages). Device checks stay with each backend.
+// Argument checks shared by the CPU and CUDA kernels of every op (sinkhorn*,
+// prototype_scores*, swav_cross_entropy*): the op-level contract for direct torch.ops
+// calls (the Python wrappers check first, with friendlier messages), written once so the
+// backends cannot drift apart. Device checks stay with each backend.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -12,6 +13,30 @@ namespace seer_kernels {
 
 inline bool supported_float(c10::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// Sinkhorn reads fp32, fp16 and bf16 scores (no fp64: it accumulates in fp32 throughout).
+inline bool supported_sinkhorn_input(c10::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+// scores (B, K) of a supported dtype, a finite epsilon > 0.
+inline void check_sinkhorn_scores(const at::Tensor& scores, double epsilon) {
+  TORCH_CHECK(scores.dim() == 2, "sinkhorn: scores must be 2-D (B, K), got shape ", scores.sizes());
+  TORCH_CHECK(std::isfinite(epsilon) && epsilon > 0, "sinkhorn: epsilon must be > 0, got ",
+              epsilon);
+  TORCH_CHECK(supported_sinkhorn_input(scores.scalar_type()),
+              "sinkhorn: scores must be float32, float16 or bfloat16, got ", scores.scalar_type());
+}
+
+inline void check_sinkhorn_iterations(int64_t iterations) {
+  TORCH_CHECK(iterations >= 0, "sinkhorn: iterations must be >= 0, got ", iterations);
+}
+
+// log_u (K,) for scores with K = cols columns.
+inline void check_sinkhorn_log_u(const at::Tensor& log_u, int64_t cols) {
+  TORCH_CHECK(log_u.dim() == 1 && log_u.size(0) == cols, "sinkhorn: log_u must have shape (", cols,
+              ",), got ", log_u.sizes());
 }
 
 // embeddings (N, D) and prototypes (K, D) of one floating dtype.

@@ -44,21 +44,19 @@
 #include <utility>
 #include <vector>
 
+#include "../numeric.h"
 #include "../op_checks.h"
 
-namespace seer_kernels::cpu {
+namespace seer_kernels::cpu::prototype_scores {
 namespace {
 
 using at::Tensor;
 
-// Accumulation type: fp32 for every input but fp64.
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+// acc_type / acc_dtype (fp32; fp64 for fp64 input): csrc/numeric.h.
 // GEMM element type (see the header): fp32 for fp16, the input type otherwise.
 template <typename scalar_t>
 using gemm_type = std::conditional_t<std::is_same_v<scalar_t, at::Half>, float, scalar_t>;
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 at::ScalarType gemm_dtype(at::ScalarType t) { return t == at::kHalf ? at::kFloat : t; }
 
 template <typename acc_t>
@@ -388,4 +386,4 @@ TORCH_LIBRARY_IMPL(seer_kernels, CPU, m) {
   m.impl("prototype_scores_backward", &prototype_scores_backward_cpu);
 }
 
-}  // namespace seer_kernels::cpu
+}  // namespace seer_kernels::cpu::prototype_scores

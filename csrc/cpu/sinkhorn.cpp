@@ -50,13 +50,15 @@
 #include <utility>
 #include <vector>
 
+#include "../op_checks.h"
+#include "../sinkhorn_merge.h"
 #include "sinkhorn_kernels.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
 
-namespace seer_kernels::cpu {
+namespace seer_kernels::cpu::sinkhorn {
 namespace {
 
 // Codes are a fresh (B, K) fp32 tensor per call, tens to hundreds of MB: above glibc's
@@ -134,10 +136,6 @@ at::Tensor empty_codes(int64_t rows, int64_t cols) {
                                    std::nullopt);
 }
 
-using sinkhorn::InputType;
-using sinkhorn::Kernels;
-using sinkhorn::Problem;
-
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The instruction-set table at::get_cpu_capability() names (it honours
@@ -145,42 +143,38 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 const Kernels& kernels() {
   static const Kernels& table = []() -> const Kernels& {
     const std::string cap = at::get_cpu_capability();
-    if (cap == "AVX512") return sinkhorn::kernels_avx512();
-    if (cap == "AVX2") return sinkhorn::kernels_avx2();
-    return sinkhorn::kernels_default();
+    if (cap == "AVX512") return kernels_avx512();
+    if (cap == "AVX2") return kernels_avx2();
+    return kernels_default();
   }();
   return table;
 }
 
+// The scores' dtype as the kernels name it; check_sinkhorn_scores (op_checks.h) has
+// rejected every other dtype.
 InputType input_type(const at::Tensor& scores) {
   switch (scores.scalar_type()) {
-    case at::kFloat:
-      return InputType::kFloat;
     case at::kHalf:
       return InputType::kHalf;
     case at::kBFloat16:
       return InputType::kBFloat16;
     default:
-      TORCH_CHECK(false, "sinkhorn: scores must be float32, float16 or bfloat16, got ",
-                  scores.scalar_type());
+      return InputType::kFloat;
   }
 }
 
+// The op-level contract (op_checks.h) on a CPU tensor.
 void check_scores(const at::Tensor& scores, double epsilon) {
-  TORCH_CHECK(scores.dim() == 2, "sinkhorn: scores must be 2-D (B, K), got shape ", scores.sizes());
+  check_sinkhorn_scores(scores, epsilon);
   TORCH_CHECK(scores.device().is_cpu(), "sinkhorn: scores must be a CPU tensor, got ",
               scores.device());
-  TORCH_CHECK(std::isfinite(epsilon) && epsilon > 0, "sinkhorn: epsilon must be > 0, got ",
-              epsilon);
-  input_type(scores);
 }
 
 // Rows per chunk: a function of B only, about 16 chunks (256 rows each beyond 4096 rows)
 // so two to sixteen threads get balanced work; a multiple of the 8-row block.
 int64_t rows_per_chunk(int64_t rows) {
   const int64_t target = std::max<int64_t>(16, ceil_div(rows, 256));
-  return std::max<int64_t>(1, ceil_div(ceil_div(rows, target), sinkhorn::kBlockRows)) *
-         sinkhorn::kBlockRows;
+  return std::max<int64_t>(1, ceil_div(ceil_div(rows, target), kBlockRows)) * kBlockRows;
 }
 
 // The scores (contiguous) and a padded fp32 log_u that outlive the Problem.
@@ -238,7 +232,7 @@ at::Tensor colstats_padded(const Operand& op, bool normalize_rows, const Kernels
     partial.select(1, 0).fill_(0.f);
     partial.select(1, 1).fill_(0.f);
   }
-  const int64_t scratch_size = sinkhorn::kBlockRows * p.padded;
+  const int64_t scratch_size = kBlockRows * p.padded;
   at::Tensor scratch = thread_scratch(scratch_size);
   float* buffers = scratch.data_ptr<float>();
   parallel_claim(chunks, [&](int64_t c, int thread) {
@@ -283,8 +277,7 @@ float column_lse(const float* merged, int64_t padded, int64_t col) {
 }
 
 void set_log_u(Operand& op, const at::Tensor& log_u) {
-  TORCH_CHECK(log_u.dim() == 1 && log_u.size(0) == op.cols(), "sinkhorn: log_u must have shape (",
-              op.cols(), ",), got ", log_u.sizes());
+  check_sinkhorn_log_u(log_u, op.cols());
   TORCH_CHECK(log_u.device().is_cpu(), "sinkhorn: log_u must be a CPU tensor, got ",
               log_u.device());
   const at::Tensor lu = log_u.to(at::kFloat).contiguous();
@@ -312,7 +305,7 @@ at::Tensor sinkhorn_codes_cpu(const at::Tensor& scores, const at::Tensor& log_u,
 // The fused op: T + 1 passes over the scores, log_u updated in between, no Python.
 at::Tensor sinkhorn_cpu(const at::Tensor& scores, double epsilon, int64_t iterations) {
   check_scores(scores, epsilon);
-  TORCH_CHECK(iterations >= 0, "sinkhorn: iterations must be >= 0, got ", iterations);
+  check_sinkhorn_iterations(iterations);
   const Kernels& k = kernels();
   Operand op(scores, epsilon, k);
   const int64_t cols = op.cols();
@@ -339,12 +332,17 @@ at::Tensor sinkhorn_cpu(const at::Tensor& scores, double epsilon, int64_t iterat
     std::fill(op.log_u.begin(), op.log_u.begin() + cols, float(-total));
     return codes(op, /*normalize_rows=*/false, k, float(op.rows()));
   }
-  for (int64_t c = 0; c < cols; ++c) op.log_u[c] = -column_lse(st, padded, c) - log_k;
+  for (int64_t c = 0; c < cols; ++c) {
+    op.log_u[c] =
+        sinkhorn_log_u(SinkhornMerge::kFirst, column_lse(st, padded, c), op.log_u[c], log_b, log_k);
+  }
   for (int64_t t = 1; t < iterations; ++t) {
     stats = colstats_padded(op, /*normalize_rows=*/true, k);
     st = stats.data_ptr<float>();
-    for (int64_t c = 0; c < cols; ++c)
-      op.log_u[c] = ((op.log_u[c] + log_b) - log_k) - column_lse(st, padded, c);
+    for (int64_t c = 0; c < cols; ++c) {
+      op.log_u[c] = sinkhorn_log_u(SinkhornMerge::kUpdate, column_lse(st, padded, c), op.log_u[c],
+                                   log_b, log_k);
+    }
   }
   return codes(op, /*normalize_rows=*/true, k);
 }
@@ -357,4 +355,4 @@ TORCH_LIBRARY_IMPL(seer_kernels, CPU, m) {
   m.impl("sinkhorn_codes", &sinkhorn_codes_cpu);
 }
 
-}  // namespace seer_kernels::cpu
+}  // namespace seer_kernels::cpu::sinkhorn

@@ -25,9 +25,10 @@
 #include <tuple>
 #include <vector>
 
+#include "../numeric.h"
 #include "../op_checks.h"
 
-namespace seer_kernels::xent {
+namespace seer_kernels::cpu::swav_cross_entropy {
 namespace {
 
 using at::Tensor;
@@ -48,10 +49,6 @@ void check_operands(const Tensor& scores, const Tensor& codes, double temperatur
               "swav_cross_entropy (CPU): scores and codes must be CPU tensors");
 }
 
-c10::ScalarType loss_dtype(const Tensor& scores) {
-  return scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 Problem make_problem(const Tensor& scores, const Tensor& codes, double temperature) {
   return {scores.const_data_ptr(), scores.scalar_type(), codes.const_data_ptr(),
           codes.scalar_type(),     scores.size(0),       codes.size(0),
@@ -67,7 +64,7 @@ std::tuple<Tensor, Tensor> forward_cpu(const Tensor& scores_in, const Tensor& co
   check_operands(scores_in, codes_in, temperature);
   const Tensor scores = scores_in.contiguous(), codes = codes_in.contiguous();
   const Problem p = make_problem(scores, codes, temperature);
-  const auto loss_type = loss_dtype(scores);
+  const auto loss_type = acc_dtype(scores.scalar_type());  // numeric.h
   Tensor lse = at::empty({p.V, p.B}, scores.options().dtype(at::kDouble));
   std::vector<double> terms(p.B);
   const RowKernels k = select_kernels();
@@ -107,9 +104,9 @@ Tensor backward_cpu(const Tensor& grad_loss, const Tensor& scores_in, const Tens
 }
 
 }  // namespace
-}  // namespace seer_kernels::xent
+}  // namespace seer_kernels::cpu::swav_cross_entropy
 
 TORCH_LIBRARY_IMPL(seer_kernels, CPU, m) {
-  m.impl("swav_cross_entropy", &seer_kernels::xent::forward_cpu);
-  m.impl("swav_cross_entropy_backward", &seer_kernels::xent::backward_cpu);
+  m.impl("swav_cross_entropy", &seer_kernels::cpu::swav_cross_entropy::forward_cpu);
+  m.impl("swav_cross_entropy_backward", &seer_kernels::cpu::swav_cross_entropy::backward_cpu);
 }

@@ -9,7 +9,7 @@
 
 #include <cstdint>
 
-namespace seer_kernels::xent {
+namespace seer_kernels::cpu::swav_cross_entropy {
 
 // One call's operands, contiguous: scores (V, B, K), codes (A, B, K). Rows accumulate in
 // double for double scores and in float otherwise; lse (V, B) is always double, because
@@ -41,4 +41,4 @@ RowKernels row_kernels_default();
 RowKernels row_kernels_avx2();
 RowKernels row_kernels_avx512();
 
-}  // namespace seer_kernels::xent
+}  // namespace seer_kernels::cpu::swav_cross_entropy

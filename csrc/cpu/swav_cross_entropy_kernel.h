@@ -1,8 +1,9 @@
 // Row kernels of the SwAV multi-crop cross-entropy, written once with ATen's
 // at::vec::Vectorized and compiled once per CPU capability: a translation unit defines
 // CPU_CAPABILITY (DEFAULT, AVX2, AVX512) and the matching target options, then includes
-// this header, so every function here lands in seer_kernels::xent::<CPU_CAPABILITY> and
-// the units never share a symbol (no ODR clash between the instruction sets).
+// this header, so every function here lands in
+// seer_kernels::cpu::swav_cross_entropy::<CPU_CAPABILITY> and the units never share a symbol (no
+// ODR clash between the instruction sets).
 //
 // Work per b (rows of one sample are processed together so that the A code rows, read
 // once from memory, stay in L1/L2 while all V crops use them):
@@ -28,7 +29,7 @@
 
 #include "swav_cross_entropy.h"
 
-namespace seer_kernels::xent::CPU_CAPABILITY {
+namespace seer_kernels::cpu::swav_cross_entropy::CPU_CAPABILITY {
 
 using at::vec::Vectorized;
 
@@ -299,4 +300,4 @@ inline RowKernels row_kernels() {
           }};
 }
 
-}  // namespace seer_kernels::xent::CPU_CAPABILITY
+}  // namespace seer_kernels::cpu::swav_cross_entropy::CPU_CAPABILITY

@@ -8,11 +8,11 @@
 #include "swav_cross_entropy_kernel.h"
 #pragma GCC pop_options
 
-namespace seer_kernels::xent {
+namespace seer_kernels::cpu::swav_cross_entropy {
 RowKernels row_kernels_avx2() { return AVX2::row_kernels(); }
-}  // namespace seer_kernels::xent
+}  // namespace seer_kernels::cpu::swav_cross_entropy
 #else
-namespace seer_kernels::xent {
+namespace seer_kernels::cpu::swav_cross_entropy {
 RowKernels row_kernels_avx2() { return row_kernels_default(); }
-}  // namespace seer_kernels::xent
+}  // namespace seer_kernels::cpu::swav_cross_entropy
 #endif

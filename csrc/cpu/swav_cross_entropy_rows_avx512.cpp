@@ -9,11 +9,11 @@
 #include "swav_cross_entropy_kernel.h"
 #pragma GCC pop_options
 
-namespace seer_kernels::xent {
+namespace seer_kernels::cpu::swav_cross_entropy {
 RowKernels row_kernels_avx512() { return AVX512::row_kernels(); }
-}  // namespace seer_kernels::xent
+}  // namespace seer_kernels::cpu::swav_cross_entropy
 #else
-namespace seer_kernels::xent {
+namespace seer_kernels::cpu::swav_cross_entropy {
 RowKernels row_kernels_avx512() { return row_kernels_default(); }
-}  // namespace seer_kernels::xent
+}  // namespace seer_kernels::cpu::swav_cross_entropy
 #endif

@@ -22,7 +22,6 @@
 // The build passes --use_fast_math: sqrt and division use the IEEE-rounded intrinsics so
 // that rn is the correctly rounded 1/max(sqrt(ss), eps), as on the CPU.
 #include <ATen/ATen.h>
-#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -30,14 +29,16 @@
 
 #include <tuple>
 
+#include "../numeric.h"
 #include "../op_checks.h"
+#include "reduce.cuh"
 
-namespace seer_kernels::cuda {
+namespace seer_kernels::cuda::prototype_scores {
 namespace {
 
 using at::Tensor;
 
-constexpr int kWarp = 32;
+constexpr int kWarp = kWarpSize;
 constexpr int kRowsPerBlock = 8;  // one warp per row, 256 threads per block
 constexpr double kEps = 1e-12;
 
@@ -45,15 +46,6 @@ __device__ __forceinline__ float sqrt_rn(float x) { return __fsqrt_rn(x); }
 __device__ __forceinline__ double sqrt_rn(double x) { return __dsqrt_rn(x); }
 __device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
 __device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t v) {
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  }
-  return v;
-}
 
 // x_hat = x * rn, one warp per row. compute_rn: rn = 1/max(||x||, eps) is computed and
 // stored first (forward); otherwise the saved rn is read (backward).
@@ -116,8 +108,6 @@ __global__ void project_rows_kernel(const acc_t* __restrict__ d_y, const scalar_
   }
 }
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 unsigned int row_blocks(int64_t m) {
   return static_cast<unsigned int>((m + kRowsPerBlock - 1) / kRowsPerBlock);
 }
@@ -137,7 +127,7 @@ Tensor normalized(const Tensor& x, const Tensor& rn, bool compute_rn) {
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "prototype_scores_normalize", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
+        using acc_t = acc_type<scalar_t>;
         normalize_rows_kernel<scalar_t, acc_t>
             <<<row_blocks(x.size(0)), kWarp * kRowsPerBlock, 0, stream>>>(
                 x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), rn.data_ptr<acc_t>(),
@@ -162,7 +152,7 @@ Tensor projected(const Tensor& d_y, const Tensor& x, const Tensor& rn) {
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "prototype_scores_project", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
+        using acc_t = acc_type<scalar_t>;
         project_rows_kernel<scalar_t, acc_t>
             <<<row_blocks(x.size(0)), kWarp * kRowsPerBlock, 0, stream>>>(
                 d.const_data_ptr<acc_t>(), x.const_data_ptr<scalar_t>(), rn.const_data_ptr<acc_t>(),
@@ -221,4 +211,4 @@ TORCH_LIBRARY_IMPL(seer_kernels, CUDA, m) {
   m.impl("prototype_scores_backward", &prototype_scores_backward_cuda);
 }
 
-}  // namespace seer_kernels::cuda
+}  // namespace seer_kernels::cuda::prototype_scores

@@ -36,12 +36,15 @@
 #include <algorithm>
 #include <cmath>
 
-namespace seer_kernels::cuda {
+#include "../op_checks.h"
+#include "../sinkhorn_merge.h"
+#include "reduce.cuh"
+
+namespace seer_kernels::cuda::sinkhorn {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kRowsPerBatch = 4;  // rows whose logsumexps one normalized block reduces together
-constexpr unsigned kFullMask = 0xffffffffu;
 
 __device__ __forceinline__ float finite_or_zero(float m) { return isfinite(m) ? m : 0.f; }
 
@@ -75,7 +78,8 @@ __device__ __forceinline__ void online_merge(float& m, float& s, float m2, float
   m = mx;
 }
 
-// Block-wide (max, sum) of R independent rows; every thread gets the same results.
+// Block-wide online (max, sum) of R independent rows (the pair version of reduce.cuh's
+// block_reduce, R rows sharing each barrier); every thread gets the same results.
 template <int R>
 __device__ void block_reduce(float (&m)[R], float (&s)[R]) {
   __shared__ float shared_m[R][32];
@@ -85,10 +89,8 @@ __device__ void block_reduce(float (&m)[R], float (&s)[R]) {
   const int warps = blockDim.x >> 5;
 #pragma unroll
   for (int i = 0; i < R; ++i) {
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      online_merge(m[i], s[i], __shfl_xor_sync(kFullMask, m[i], offset),
-                   __shfl_xor_sync(kFullMask, s[i], offset));
-    }
+    warp_reduce_pair(m[i], s[i],
+                     [](float& a, float& b, float a2, float b2) { online_merge(a, b, a2, b2); });
     if (lane == 0) {
       shared_m[i][warp] = m[i];
       shared_s[i][warp] = s[i];
@@ -178,10 +180,10 @@ __global__ void normalized_colstats_kernel(const T* __restrict__ scores,
   }
 }
 
-// mode 0: out = merged (2, K) stats; 1: log_u = column logsumexp; 2: log_u = -lse - log K
-// (pass 0); 3: log_u = log_u + log B - log K - lse (pass t).
+// Combines the column's partials and stores what `mode` asks for (sinkhorn_merge.h).
 __global__ void merge_kernel(const float* __restrict__ partial, int64_t groups, int64_t cols,
-                             float* out, float* log_u, float log_b, float log_k, int mode) {
+                             float* out, float* log_u, float log_b, float log_k,
+                             SinkhornMerge mode) {
   const int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (col >= cols) return;
   float m = -INFINITY;
@@ -193,15 +195,11 @@ __global__ void merge_kernel(const float* __restrict__ partial, int64_t groups, 
          double(__expf(partial[g * 2 * cols + col] - shift));
   }
   const float lse = shift + float(log(s));
-  if (mode == 0) {
+  if (mode == SinkhornMerge::kStats) {
     out[col] = shift;
     out[cols + col] = float(s);
-  } else if (mode == 1) {
-    log_u[col] = lse;
-  } else if (mode == 2) {
-    log_u[col] = -lse - log_k;
   } else {
-    log_u[col] = ((log_u[col] + log_b) - log_k) - lse;
+    log_u[col] = sinkhorn_log_u(mode, lse, log_u[col], log_b, log_k);
   }
 }
 
@@ -257,9 +255,8 @@ void dispatch_input(const at::Tensor& scores, Fn&& fn) {
     case at::kBFloat16:
       fn(scores.data_ptr<at::BFloat16>());
       break;
-    default:
-      TORCH_CHECK(false, "sinkhorn: scores must be float32, float16 or bfloat16, got ",
-                  scores.scalar_type());
+    default:  // check_sinkhorn_scores (op_checks.h) has rejected every other dtype
+      TORCH_INTERNAL_ASSERT(false, "sinkhorn: unchecked scores dtype ", scores.scalar_type());
   }
 }
 
@@ -298,8 +295,8 @@ at::Tensor launch_colstats(const at::Tensor& scores, const at::Tensor& log_u, fl
   return partial;
 }
 
-void launch_merge(const at::Tensor& partial, float* out, float* log_u, int mode, float log_b,
-                  float log_k) {
+void launch_merge(const at::Tensor& partial, float* out, float* log_u, SinkhornMerge mode,
+                  float log_b, float log_k) {
   const int64_t cols = partial.size(2);
   merge_kernel<<<unsigned(ceil_div(cols, kThreads)), kThreads, 0,
                  at::cuda::getCurrentCUDAStream()>>>(partial.data_ptr<float>(), partial.size(0),
@@ -322,19 +319,14 @@ at::Tensor launch_codes(const at::Tensor& scores, const at::Tensor& log_u, float
   return out;
 }
 
+// The op-level contract (op_checks.h) on a CUDA tensor.
 void check(const at::Tensor& scores, double epsilon) {
-  TORCH_CHECK(scores.dim() == 2, "sinkhorn: scores must be 2-D (B, K), got shape ", scores.sizes());
+  check_sinkhorn_scores(scores, epsilon);
   TORCH_CHECK(scores.is_cuda(), "sinkhorn: scores must be a CUDA tensor, got ", scores.device());
-  TORCH_CHECK(std::isfinite(epsilon) && epsilon > 0, "sinkhorn: epsilon must be > 0, got ",
-              epsilon);
-  TORCH_CHECK(scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kHalf ||
-                  scores.scalar_type() == at::kBFloat16,
-              "sinkhorn: scores must be float32, float16 or bfloat16, got ", scores.scalar_type());
 }
 
 at::Tensor float_log_u(const at::Tensor& scores, const at::Tensor& log_u) {
-  TORCH_CHECK(log_u.dim() == 1 && log_u.size(0) == scores.size(1),
-              "sinkhorn: log_u must have shape (", scores.size(1), ",), got ", log_u.sizes());
+  check_sinkhorn_log_u(log_u, scores.size(1));
   TORCH_CHECK(log_u.device() == scores.device(), "sinkhorn: log_u must be on ", scores.device(),
               ", got ", log_u.device());
   return log_u.to(at::kFloat).contiguous();
@@ -349,7 +341,7 @@ at::Tensor sinkhorn_colstats_cuda(const at::Tensor& scores_in, const at::Tensor&
   at::Tensor out = at::empty({2, scores.size(1)}, scores.options().dtype(at::kFloat));
   if (scores.size(1) == 0) return out;
   const at::Tensor partial = launch_colstats(scores, lu, float(epsilon), normalize_rows);
-  launch_merge(partial, out.data_ptr<float>(), nullptr, 0, 0.f, 0.f);
+  launch_merge(partial, out.data_ptr<float>(), nullptr, SinkhornMerge::kStats, 0.f, 0.f);
   return out;
 }
 
@@ -364,7 +356,7 @@ at::Tensor sinkhorn_codes_cuda(const at::Tensor& scores_in, const at::Tensor& lo
 // The fused op: T + 1 (colstats, merge) launches and one codes launch, no host sync.
 at::Tensor sinkhorn_cuda(const at::Tensor& scores_in, double epsilon, int64_t iterations) {
   check(scores_in, epsilon);
-  TORCH_CHECK(iterations >= 0, "sinkhorn: iterations must be >= 0, got ", iterations);
+  check_sinkhorn_iterations(iterations);
   const c10::cuda::CUDAGuard guard(scores_in.device());
   const at::Tensor scores = scores_in.contiguous();
   const int64_t rows = scores.size(0);
@@ -377,15 +369,15 @@ at::Tensor sinkhorn_cuda(const at::Tensor& scores_in, double epsilon, int64_t it
   float* lu = log_u.data_ptr<float>();
   at::Tensor partial = launch_colstats(scores, log_u, eps, /*normalize_rows=*/false);
   if (iterations == 0) {
-    launch_merge(partial, nullptr, lu, 1, log_b, log_k);
+    launch_merge(partial, nullptr, lu, SinkhornMerge::kLse, log_b, log_k);
     total_kernel<<<1, 1024, 0, at::cuda::getCurrentCUDAStream()>>>(lu, cols);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return launch_codes(scores, log_u, eps, /*normalize_rows=*/false, float(rows));
   }
-  launch_merge(partial, nullptr, lu, 2, log_b, log_k);
+  launch_merge(partial, nullptr, lu, SinkhornMerge::kFirst, log_b, log_k);
   for (int64_t t = 1; t < iterations; ++t) {
     partial = launch_colstats(scores, log_u, eps, /*normalize_rows=*/true);
-    launch_merge(partial, nullptr, lu, 3, log_b, log_k);
+    launch_merge(partial, nullptr, lu, SinkhornMerge::kUpdate, log_b, log_k);
   }
   return launch_codes(scores, log_u, eps, /*normalize_rows=*/true, 1.f);
 }
@@ -398,4 +390,4 @@ TORCH_LIBRARY_IMPL(seer_kernels, CUDA, m) {
   m.impl("sinkhorn_codes", &sinkhorn_codes_cuda);
 }
 
-}  // namespace seer_kernels::cuda
+}  // namespace seer_kernels::cuda::sinkhorn

@@ -20,7 +20,6 @@
 // A B K e_c + 16 V B; backward 2 V B K e_s + A B K e_c + 8 V B. FLOPs per score element:
 // ~ A + 6 and one exp, each way.
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
@@ -32,49 +31,17 @@
 #include <limits>
 #include <tuple>
 
+#include "../numeric.h"
 #include "../op_checks.h"
+#include "reduce.cuh"
 
-namespace seer_kernels::xent_cuda {
+namespace seer_kernels::cuda::swav_cross_entropy {
 namespace {
 
 using at::Tensor;
 
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-
-struct SumOp {
-  template <typename T>
-  __device__ T operator()(T a, T b) const {
-    return a + b;
-  }
-};
-struct MaxOp {
-  template <typename T>
-  __device__ T operator()(T a, T b) const {
-    return a > b ? a : b;
-  }
-};
-
-template <typename T, typename Op>
-__device__ T warp_reduce(T v, Op op) {
-  for (int offset = 16; offset > 0; offset >>= 1)
-    v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
-
-// Block-wide reduction in a fixed tree (deterministic); every thread gets the result.
-// `smem` holds kWarps values; the leading barrier lets consecutive calls reuse it.
-template <typename T, typename Op>
-__device__ T block_reduce(T v, Op op, T identity, T* smem) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_reduce(v, op);
-  __syncthreads();
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  v = lane < kWarps ? smem[lane] : identity;
-  v = warp_reduce(v, op);
-  return v;
-}
+constexpr int kWarps = kThreads / kWarpSize;
 
 // C_v[k] for sample b: the code rows a != v, added in increasing a (as on the CPU).
 template <typename code_t, typename acc_t>
@@ -96,7 +63,7 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* x = scores + row * K;
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   for (int64_t k = threadIdx.x; k < K; k += kThreads) m = MaxOp()(m, static_cast<acc_t>(x[k]));
-  m = block_reduce(m, MaxOp(), -std::numeric_limits<acc_t>::infinity(), smem);
+  m = block_reduce<kWarps>(m, MaxOp(), -std::numeric_limits<acc_t>::infinity(), smem);
 
   const acc_t inv_t = static_cast<acc_t>(1.0 / T);
   acc_t s = 0, d = 0, r = 0;
@@ -107,9 +74,9 @@ __global__ void __launch_bounds__(kThreads)
     d += c * gap;
     r += c;
   }
-  s = block_reduce(s, SumOp(), acc_t(0), smem);
-  d = block_reduce(d, SumOp(), acc_t(0), smem);
-  r = block_reduce(r, SumOp(), acc_t(0), smem);
+  s = block_reduce<kWarps>(s, SumOp(), acc_t(0), smem);
+  d = block_reduce<kWarps>(d, SumOp(), acc_t(0), smem);
+  r = block_reduce<kWarps>(r, SumOp(), acc_t(0), smem);
   if (threadIdx.x == 0) {
     const double log_s = log(static_cast<double>(s));
     lse[row] = static_cast<double>(m) / T + log_s;
@@ -125,7 +92,7 @@ __global__ void __launch_bounds__(kThreads) finish_loss(const double* __restrict
   __shared__ double smem[kWarps];
   double t = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += kThreads) t += terms[i];
-  t = block_reduce(t, SumOp(), 0.0, smem);
+  t = block_reduce<kWarps>(t, SumOp(), 0.0, smem);
   if (threadIdx.x == 0) *loss = static_cast<loss_t>(t / norm);
 }
 
@@ -140,7 +107,7 @@ __global__ void __launch_bounds__(kThreads)
   acc_t r = 0;
   for (int64_t k = threadIdx.x; k < K; k += kThreads)
     r += target_at<code_t, acc_t>(codes, v, A, b, B, K, k);
-  r = block_reduce(r, SumOp(), acc_t(0), smem);
+  r = block_reduce<kWarps>(r, SumOp(), acc_t(0), smem);
 
   const double L = lse[row] * T;
   const acc_t l_hi = static_cast<acc_t>(L);
@@ -163,22 +130,18 @@ void check_operands(const Tensor& scores, const Tensor& codes, double temperatur
               "swav_cross_entropy (CUDA): scores and codes must be on one CUDA device");
 }
 
-c10::ScalarType acc_dtype(const Tensor& scores) {
-  return scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // Codes in the scores' dtype are read as they are; any other dtype is converted once to
 // the accumulation type (Sinkhorn codes are fp32 already), which keeps the kernels to one
 // instantiation per scores dtype and code layout.
 Tensor codes_for(const Tensor& codes, const Tensor& scores) {
   if (codes.scalar_type() == scores.scalar_type()) return codes.contiguous();
-  return codes.to(acc_dtype(scores)).contiguous();
+  return codes.to(acc_dtype(scores.scalar_type())).contiguous();
 }
 
 // Calls f(scalar_t*, code_t*) with code_t = scalar_t or acc_t, as `codes_for` chose.
 #define SEER_XENT_DISPATCH(SCORES, CODES, NAME, ...)                                          \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, SCORES.scalar_type(), NAME, [&] { \
-    using acc_t = at::opmath_type<scalar_t>;                                                  \
+    using acc_t = acc_type<scalar_t>;                                                         \
     if (CODES.scalar_type() == SCORES.scalar_type()) {                                        \
       using code_t = scalar_t;                                                                \
       __VA_ARGS__();                                                                          \
@@ -196,7 +159,7 @@ std::tuple<Tensor, Tensor> forward_cuda(const Tensor& scores_in, const Tensor& c
   const int64_t V = scores.size(0), B = scores.size(1), K = scores.size(2), A = codes.size(0);
   Tensor lse = at::empty({V, B}, scores.options().dtype(at::kDouble));
   Tensor terms = at::empty({V * B}, scores.options().dtype(at::kDouble));
-  Tensor loss = at::empty({}, scores.options().dtype(acc_dtype(scores)));
+  Tensor loss = at::empty({}, scores.options().dtype(acc_dtype(scores.scalar_type())));
   const double norm = static_cast<double>(A) * static_cast<double>(V - 1) * static_cast<double>(B);
   const auto stream = at::cuda::getCurrentCUDAStream();
   SEER_XENT_DISPATCH(scores, codes, "swav_cross_entropy_cuda", [&] {
@@ -224,7 +187,8 @@ Tensor backward_cuda(const Tensor& grad_loss, const Tensor& scores_in, const Ten
               lse_in.sizes());
   const Tensor lse = lse_in.to(scores.device(), at::kDouble).contiguous();
   // The incoming gradient stays on the device (no host sync), in the accumulation type.
-  const Tensor g = grad_loss.reshape({}).to(scores.device(), acc_dtype(scores)).contiguous();
+  const Tensor g =
+      grad_loss.reshape({}).to(scores.device(), acc_dtype(scores.scalar_type())).contiguous();
   const double norm = static_cast<double>(A) * static_cast<double>(V - 1) * static_cast<double>(B);
   Tensor grad = at::empty(scores.sizes(), scores.options());
   const auto stream = at::cuda::getCurrentCUDAStream();
@@ -239,9 +203,9 @@ Tensor backward_cuda(const Tensor& grad_loss, const Tensor& scores_in, const Ten
 }
 
 }  // namespace
-}  // namespace seer_kernels::xent_cuda
+}  // namespace seer_kernels::cuda::swav_cross_entropy
 
 TORCH_LIBRARY_IMPL(seer_kernels, CUDA, m) {
-  m.impl("swav_cross_entropy", &seer_kernels::xent_cuda::forward_cuda);
-  m.impl("swav_cross_entropy_backward", &seer_kernels::xent_cuda::backward_cuda);
+  m.impl("swav_cross_entropy", &seer_kernels::cuda::swav_cross_entropy::forward_cuda);
+  m.impl("swav_cross_entropy_backward", &seer_kernels::cuda::swav_cross_entropy::backward_cuda);
 }
