@@ -73,6 +73,25 @@ def configure_torch(cfg: Config) -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
+# oneDNN's AMX kernels (Sapphire Rapids and later) return non-finite bf16 weight gradients,
+# at random, for the grouped 3x3 stride-2 convolution of a 1x1 input that a RegNet's last
+# stage sees on small crops (torch 2.14.1: 21 of 300 backward passes in isolation, and the
+# run's weights turn NaN one step later); capped at AVX512_CORE_BF16, 0 of 800.
+ONEDNN_ISA_CAP = "AVX512_CORE_BF16"
+
+
+def cap_onednn_isa() -> bool:
+    """Keep oneDNN below AMX for CPU bf16 training, unless the user chose an ISA.
+
+    oneDNN reads ONEDNN_MAX_CPU_ISA when it creates its first kernel, so this takes effect
+    in a fresh process (seer-train, torchrun workers) and is ignored after oneDNN has run.
+    Returns whether it set the variable."""
+    if "ONEDNN_MAX_CPU_ISA" in os.environ or "DNNL_MAX_CPU_ISA" in os.environ:
+        return False
+    os.environ["ONEDNN_MAX_CPU_ISA"] = ONEDNN_ISA_CAP
+    return True
+
+
 # ------------------------------------------------------------------------ RNG state
 
 
@@ -109,6 +128,8 @@ class Trainer:
         configure_torch(cfg)
         self.device = self.info.device
         self.precision = resolve_precision(cfg, self.device)
+        if self.device.type == "cpu" and self.precision == "bf16":
+            cap_onednn_isa()
         if self.device.type == "cpu" and self.precision != "fp32" and cfg.train.channels_last:
             # torch 2.14's oneDNN returns non-finite weight gradients, at random, for strided
             # grouped bf16 convolutions in NHWC on the CPU (reproduced in isolation).

@@ -9,6 +9,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The trainer caps oneDNN below AMX for CPU bf16 runs (seer.train.cap_onednn_isa), which only
+# takes effect before oneDNN's first kernel: in this long-lived process, that is now.
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

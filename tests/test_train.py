@@ -22,7 +22,7 @@ from seer import checkpoint as ckpt_io
 from seer.config import load_config
 from seer.models import build_backbone
 from seer.monitor import format_summary
-from seer.train import NonFiniteLoss, Trainer, train
+from seer.train import ONEDNN_ISA_CAP, NonFiniteLoss, Trainer, cap_onednn_isa, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -306,6 +306,16 @@ def test_fsdp2_two_processes(tmp_path):
 
 
 # ------------------------------------------------------------------------ options
+
+
+def test_cpu_bf16_caps_onednn_below_amx_unless_the_user_chose(monkeypatch):
+    # tests/conftest.py sets the same cap for this process (oneDNN reads it once, early).
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == ONEDNN_ISA_CAP
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    assert cap_onednn_isa() and os.environ["ONEDNN_MAX_CPU_ISA"] == ONEDNN_ISA_CAP
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not cap_onednn_isa() and os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
 
 
 @pytest.mark.parametrize(
