@@ -1,7 +1,6 @@
 // The CPU Sinkhorn row kernels, written once with at::vec::Vectorized<float> and
-// compiled per instruction set: include this file after defining CPU_CAPABILITY (and
-// CPU_CAPABILITY_AVX2 / CPU_CAPABILITY_AVX512) and enabling the matching target.
-// See sinkhorn_kernels.h for the contracts and sinkhorn.cpp for the algorithm.
+// compiled per instruction set by sinkhorn_kernels_{avx512,avx2,default}.cpp (the scheme
+// is in isa.h). See sinkhorn_kernels.h for the contracts and sinkhorn.cpp for the algorithm.
 //
 // Per element of a (B, K) pass (fp32 input; bf16/fp16 read 2 bytes instead of 4):
 //   colstats, plain (pass 0)   4 B read; x / eps (3 FMA-unit ops, no divide) + log_u,
@@ -32,8 +31,7 @@
 
 #include "sinkhorn_kernels.h"
 
-namespace seer_kernels::cpu::sinkhorn {
-inline namespace CPU_CAPABILITY {
+namespace seer_kernels::cpu::sinkhorn::CPU_CAPABILITY {
 namespace {
 
 using Vec = at::vec::Vectorized<float>;
@@ -418,5 +416,4 @@ const Kernels& table() {
   return kernels;
 }
 
-}  // namespace CPU_CAPABILITY
-}  // namespace seer_kernels::cpu::sinkhorn
+}  // namespace seer_kernels::cpu::sinkhorn::CPU_CAPABILITY

@@ -1,7 +1,7 @@
 // SwAV multi-crop swapped-prediction cross-entropy, CUDA: the ops
 // seer_kernels::swav_cross_entropy and seer_kernels::swav_cross_entropy_backward.
 //
-// Same algorithm and numerics as the CPU kernels (csrc/cpu/swav_cross_entropy_kernel.h):
+// Same algorithm and numerics as the CPU kernels (csrc/cpu/swav_cross_entropy_kernels_impl.h):
 // with C_v[b] = sum_{a < A, a != v} codes[a, b] and R_v[b] = sum_k C_v[b, k],
 //   lse_v[b]  = max_v[b] / T + log s,  s = sum_k exp((x_k - max) / T)      (kept, fp64)
 //   term_v[b] = R_v[b] log s + <C_v[b], max - x> / T                       (the row's loss)

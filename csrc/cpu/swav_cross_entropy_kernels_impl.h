@@ -1,9 +1,8 @@
 // Row kernels of the SwAV multi-crop cross-entropy, written once with ATen's
-// at::vec::Vectorized and compiled once per CPU capability: a translation unit defines
-// CPU_CAPABILITY (DEFAULT, AVX2, AVX512) and the matching target options, then includes
-// this header, so every function here lands in
-// seer_kernels::cpu::swav_cross_entropy::<CPU_CAPABILITY> and the units never share a symbol (no
-// ODR clash between the instruction sets).
+// at::vec::Vectorized and compiled once per instruction set by
+// swav_cross_entropy_kernels_{avx512,avx2,default}.cpp (the scheme is in isa.h), so every
+// function here lands in seer_kernels::cpu::swav_cross_entropy::<CPU_CAPABILITY> and the
+// units never share a symbol (no ODR clash between the instruction sets).
 //
 // Work per b (rows of one sample are processed together so that the A code rows, read
 // once from memory, stay in L1/L2 while all V crops use them):
@@ -27,9 +26,10 @@
 #include <limits>
 #include <vector>
 
-#include "swav_cross_entropy.h"
+#include "swav_cross_entropy_kernels.h"
 
 namespace seer_kernels::cpu::swav_cross_entropy::CPU_CAPABILITY {
+namespace {
 
 using at::vec::Vectorized;
 
@@ -284,20 +284,26 @@ void backward_rows(const Problem& p, const void* lse_in, double scale, void* gra
   }
 }
 
-inline RowKernels row_kernels() {
-  // Double scores accumulate in double (gradcheck); everything else in float.
-  return {[](const Problem& p, void* lse, double* terms, int64_t b0, int64_t b1) {
-            if (p.scores_dtype == c10::ScalarType::Double)
-              forward_rows<double>(p, lse, terms, b0, b1);
-            else
-              forward_rows<float>(p, lse, terms, b0, b1);
-          },
-          [](const Problem& p, const void* lse, double scale, void* grad, int64_t b0, int64_t b1) {
-            if (p.scores_dtype == c10::ScalarType::Double)
-              backward_rows<double>(p, lse, scale, grad, b0, b1);
-            else
-              backward_rows<float>(p, lse, scale, grad, b0, b1);
-          }};
+// Double scores accumulate in double (gradcheck); everything else in float.
+void forward(const Problem& p, void* lse, double* terms, int64_t b0, int64_t b1) {
+  if (p.scores_dtype == c10::ScalarType::Double)
+    forward_rows<double>(p, lse, terms, b0, b1);
+  else
+    forward_rows<float>(p, lse, terms, b0, b1);
+}
+
+void backward(const Problem& p, const void* lse, double scale, void* grad, int64_t b0, int64_t b1) {
+  if (p.scores_dtype == c10::ScalarType::Double)
+    backward_rows<double>(p, lse, scale, grad, b0, b1);
+  else
+    backward_rows<float>(p, lse, scale, grad, b0, b1);
+}
+
+}  // namespace
+
+const Kernels& table() {
+  static const Kernels kernels{&forward, &backward};
+  return kernels;
 }
 
 }  // namespace seer_kernels::cpu::swav_cross_entropy::CPU_CAPABILITY
