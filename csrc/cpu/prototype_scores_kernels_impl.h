@@ -5,81 +5,25 @@
 // prototype_scores.cpp.
 #pragma once
 
-#include <ATen/cpu/vec/vec.h>  // at::vec::convert (fp16 rows to fp32 and back)
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "../numeric.h"
 #include "prototype_scores_kernels.h"
+#include "rows.h"  // row_as, out_or_buf, store_row
 
 namespace seer_kernels::cpu::prototype_scores::CPU_CAPABILITY {
 namespace {
 
 template <typename acc_t>
 constexpr acc_t kEps = static_cast<acc_t>(1e-12);
-
-// Element conversions. bf16 <-> fp32 as bit operations (round to nearest even, any NaN
-// to 0x7FC0, exactly c10::BFloat16's rounding) in loops GCC vectorizes; the generic
-// at::vec::convert of the baseline build did one scalar c10 conversion per element
-// (measured 2x slower for the bf16 normalization pass). Other pairs go through
-// at::vec::convert.
-template <typename src_t, typename dst_t>
-void convert_row(const src_t* src, dst_t* dst, int64_t n) {
-  if constexpr (std::is_same_v<src_t, at::BFloat16> && std::is_same_v<dst_t, float>) {
-    const auto* bits = reinterpret_cast<const uint16_t*>(src);
-    for (int64_t i = 0; i < n; ++i) {
-      const uint32_t u = static_cast<uint32_t>(bits[i]) << 16;
-      std::memcpy(dst + i, &u, sizeof(u));
-    }
-  } else if constexpr (std::is_same_v<src_t, float> && std::is_same_v<dst_t, at::BFloat16>) {
-    auto* bits = reinterpret_cast<uint16_t*>(dst);
-    for (int64_t i = 0; i < n; ++i) {
-      uint32_t u;
-      std::memcpy(&u, src + i, sizeof(u));
-      const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-      bits[i] = (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
-    }
-  } else {
-    at::vec::convert(src, dst, n);
-  }
-}
-
-// The row as acc_t: the row itself when no conversion is needed, else converted into buf.
-template <typename src_t, typename acc_t>
-const acc_t* as_acc(const src_t* row, int64_t n, acc_t* buf) {
-  if constexpr (std::is_same_v<src_t, acc_t>) {
-    return row;
-  } else {
-    convert_row(row, buf, n);
-    return buf;
-  }
-}
-
-// Where to compute an output row: in place when it has the accumulation type, else in
-// buf (then converted by store_row).
-template <typename out_t, typename acc_t>
-acc_t* out_or_buf(out_t* row, acc_t* buf) {
-  if constexpr (std::is_same_v<out_t, acc_t>) {
-    return row;
-  } else {
-    return buf;
-  }
-}
-
-template <typename out_t, typename acc_t>
-void store_row(const acc_t* computed, out_t* row, int64_t n) {
-  if constexpr (!std::is_same_v<out_t, acc_t>) {
-    convert_row(computed, row, n);
-  }
-}
 
 // Row loops are plain loops over kLanes independent partial sums, which GCC vectorizes
 // (for each ISA of above). ATen's Vectorized<float> would compile here to
@@ -155,7 +99,7 @@ template <typename scalar_t>
 void normalize_row(const scalar_t* x, int64_t d, acc_type<scalar_t>& rn, gemm_type<scalar_t>* x_hat,
                    bool compute_rn, acc_type<scalar_t>* buf) {
   using acc_t = acc_type<scalar_t>;
-  const acc_t* xr = as_acc(x, d, buf);
+  const acc_t* xr = row_as<acc_t>(x, d, buf);
   if (compute_rn) {
     rn = acc_t(1) / std::max(std::sqrt(sum_squares(xr, d)), kEps<acc_t>);
   }
@@ -171,8 +115,8 @@ template <typename scalar_t>
 void project_row(const gemm_type<scalar_t>* d_y, const scalar_t* x, acc_type<scalar_t> rn,
                  int64_t d, scalar_t* d_x, acc_type<scalar_t>* buf) {
   using acc_t = acc_type<scalar_t>;
-  const acc_t* xr = as_acc(x, d, buf);
-  const acc_t* dr = as_acc(d_y, d, buf + d);
+  const acc_t* xr = row_as<acc_t>(x, d, buf);
+  const acc_t* dr = row_as<acc_t>(d_y, d, buf + d);
   const auto [ss, dot] = sumsq_and_dot_f64(xr, dr, d);
   // x_hat <x_hat, d_y> = x <x, d_y> / ||x||^2 (no rounding of rn^2); 0 where clamped.
   const double c = std::sqrt(ss) >= 1e-12 ? dot / ss : 0.0;
