@@ -86,13 +86,6 @@ void check_operands(const Tensor& e, const Tensor& p) {
   check_prototype_operands(e, p);  // op_checks.h
 }
 
-void check_rnorm(const Tensor& rn, const Tensor& x, const char* name) {
-  TORCH_CHECK(rn.dim() == 1 && rn.size(0) == x.size(0), "prototype_scores_backward: ", name,
-              " must have one entry per row");
-  TORCH_CHECK(rn.scalar_type() == acc_dtype(x.scalar_type()), "prototype_scores_backward: ", name,
-              " must be ", acc_dtype(x.scalar_type()));
-}
-
 // Normalized copies of e and p in the GEMM dtype; fills rn_e, rn_p when compute_rn.
 std::pair<Tensor, Tensor> normalized(const Tensor& e, const Tensor& p, const Tensor& rn_e,
                                      const Tensor& rn_p, bool compute_rn) {
@@ -171,8 +164,8 @@ std::tuple<Tensor, Tensor> prototype_scores_backward_cpu(
     const Tensor p_g = p.to(gemm_dtype(dtype));
     return {at::mm(g, p_g).to(dtype), at::mm(g.t(), e_g).to(dtype)};
   }
-  check_rnorm(embeddings_rnorm, e, "embeddings_rnorm");
-  check_rnorm(prototypes_rnorm, p, "prototypes_rnorm");
+  check_prototype_rnorm(embeddings_rnorm, e, "embeddings_rnorm");  // op_checks.h
+  check_prototype_rnorm(prototypes_rnorm, p, "prototypes_rnorm");
   const Tensor rn_e = embeddings_rnorm.contiguous();
   const Tensor rn_p = prototypes_rnorm.contiguous();
   const auto [e_hat, p_hat] = normalized(e, p, rn_e, rn_p, /*compute_rn=*/false);

@@ -78,13 +78,9 @@ std::tuple<Tensor, Tensor> forward_cpu(const Tensor& scores_in, const Tensor& co
 Tensor backward_cpu(const Tensor& grad_loss, const Tensor& scores_in, const Tensor& codes_in,
                     const Tensor& lse_in, double temperature) {
   check_operands(scores_in, codes_in, temperature);
-  TORCH_CHECK(grad_loss.numel() == 1,
-              "swav_cross_entropy_backward: grad_loss must be a scalar, got ", grad_loss.sizes());
   const Tensor scores = scores_in.contiguous(), codes = codes_in.contiguous();
   const Problem p = make_problem(scores, codes, temperature);
-  TORCH_CHECK(lse_in.dim() == 2 && lse_in.size(0) == p.V && lse_in.size(1) == p.B,
-              "swav_cross_entropy_backward: lse must be (V, B) = (", p.V, ", ", p.B, "), got ",
-              lse_in.sizes());
+  check_xent_backward(grad_loss, lse_in, p.V, p.B);  // op_checks.h
   const Tensor lse = lse_in.to(at::kDouble).contiguous();
   const double norm =
       static_cast<double>(p.A) * static_cast<double>(p.V - 1) * static_cast<double>(p.B);
