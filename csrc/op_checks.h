@@ -9,6 +9,8 @@
 
 #include <cmath>
 
+#include "numeric.h"
+
 namespace seer_kernels {
 
 inline bool supported_float(c10::ScalarType t) {
@@ -57,6 +59,15 @@ inline void check_prototype_grad(const at::Tensor& grad, const at::Tensor& e, co
               "prototype_scores_backward: grad must be (N, K)");
 }
 
+// The inverse row norms (acc_dtype of x, one per row of x) that prototype_scores returned
+// for x, as handed back to prototype_scores_backward; name: the argument's name.
+inline void check_prototype_rnorm(const at::Tensor& rn, const at::Tensor& x, const char* name) {
+  const auto acc = acc_dtype(x.scalar_type());  // numeric.h
+  TORCH_CHECK(rn.dim() == 1 && rn.size(0) == x.size(0), "prototype_scores_backward: ", name,
+              " must have one entry per row");
+  TORCH_CHECK(rn.scalar_type() == acc, "prototype_scores_backward: ", name, " must be ", acc);
+}
+
 // scores (V, B, K) with V >= 2, codes (A, B, K) with 1 <= A <= V, a finite temperature > 0.
 inline void check_xent_operands(const at::Tensor& scores, const at::Tensor& codes,
                                 double temperature) {
@@ -80,6 +91,16 @@ inline void check_xent_operands(const at::Tensor& scores, const at::Tensor& code
               "swav_cross_entropy: scores must not be empty, got ", scores.sizes());
   TORCH_CHECK(temperature > 0.0 && std::isfinite(temperature),
               "swav_cross_entropy: temperature must be finite and > 0, got ", temperature);
+}
+
+// The backward's extra operands: a scalar grad_loss and the forward's (V, B) lse.
+inline void check_xent_backward(const at::Tensor& grad_loss, const at::Tensor& lse, int64_t V,
+                                int64_t B) {
+  TORCH_CHECK(grad_loss.numel() == 1,
+              "swav_cross_entropy_backward: grad_loss must be a scalar, got ", grad_loss.sizes());
+  TORCH_CHECK(lse.dim() == 2 && lse.size(0) == V && lse.size(1) == B,
+              "swav_cross_entropy_backward: lse must be (V, B) = (", V, ", ", B, "), got ",
+              lse.sizes());
 }
 
 }  // namespace seer_kernels

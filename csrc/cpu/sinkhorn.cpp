@@ -35,7 +35,6 @@
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
-#include <ATen/Version.h>
 #include <c10/core/Allocator.h>
 #include <torch/library.h>
 
@@ -46,12 +45,12 @@
 #include <limits>
 #include <memory>
 #include <mutex>
-#include <string>
 #include <utility>
 #include <vector>
 
 #include "../op_checks.h"
 #include "../sinkhorn_merge.h"
+#include "isa.h"
 #include "sinkhorn_kernels.h"
 
 #if defined(__linux__)
@@ -138,15 +137,9 @@ at::Tensor empty_codes(int64_t rows, int64_t cols) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The instruction-set table at::get_cpu_capability() names (it honours
-// ATEN_CPU_CAPABILITY, like ATen's own kernels).
+// The instruction-set table of this process (isa.h).
 const Kernels& kernels() {
-  static const Kernels& table = []() -> const Kernels& {
-    const std::string cap = at::get_cpu_capability();
-    if (cap == "AVX512") return kernels_avx512();
-    if (cap == "AVX2") return kernels_avx2();
-    return kernels_default();
-  }();
+  static const Kernels& table = select_kernels(&kernels_avx512, &kernels_avx2, &kernels_default);
   return table;
 }
 

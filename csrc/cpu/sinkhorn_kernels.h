@@ -1,11 +1,11 @@
 // Row-range kernels of the CPU Sinkhorn (csrc/cpu/sinkhorn.cpp drives them).
 //
 // The kernels are compiled once per instruction set (sinkhorn_kernels_{avx512,avx2,
-// default}.cpp include sinkhorn_kernels_impl.h under a different CPU_CAPABILITY), so that
-// at::vec::Vectorized<float> is a real 16- or 8-lane vector with Sleef's exp: the
-// extension itself is compiled for baseline x86-64, where Vectorized<float> is a scalar
-// loop. sinkhorn.cpp picks the table that at::get_cpu_capability() names, like ATen's
-// own kernels (ATEN_CPU_CAPABILITY=avx2|default forces a lower one).
+// default}.cpp, the scheme of isa.h), so that at::vec::Vectorized<float> is a real 16- or
+// 8-lane vector with Sleef's exp: the extension itself is compiled for baseline x86-64,
+// where Vectorized<float> is a scalar loop. sinkhorn.cpp takes the table that
+// select_kernels() (isa.h) picks, like ATen's own kernels (ATEN_CPU_CAPABILITY=avx2|default
+// forces a lower one).
 //
 // The kernels only see raw pointers; threading (at::parallel_for) stays in sinkhorn.cpp.
 // Rows of K columns are processed in a padded width Kp (a multiple of the vector size);

@@ -1,7 +1,6 @@
 // The CPU Sinkhorn row kernels, written once with at::vec::Vectorized<float> and
-// compiled per instruction set: include this file after defining CPU_CAPABILITY (and
-// CPU_CAPABILITY_AVX2 / CPU_CAPABILITY_AVX512) and enabling the matching target.
-// See sinkhorn_kernels.h for the contracts and sinkhorn.cpp for the algorithm.
+// compiled per instruction set by sinkhorn_kernels_{avx512,avx2,default}.cpp (the scheme
+// is in isa.h). See sinkhorn_kernels.h for the contracts and sinkhorn.cpp for the algorithm.
 //
 // Per element of a (B, K) pass (fp32 input; bf16/fp16 read 2 bytes instead of 4):
 //   colstats, plain (pass 0)   4 B read; x / eps (3 FMA-unit ops, no divide) + log_u,
@@ -28,12 +27,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <type_traits>
 
+#include "rows.h"  // load_floats, lane_sum
 #include "sinkhorn_kernels.h"
 
-namespace seer_kernels::cpu::sinkhorn {
-inline namespace CPU_CAPABILITY {
+namespace seer_kernels::cpu::sinkhorn::CPU_CAPABILITY {
 namespace {
 
 using Vec = at::vec::Vectorized<float>;
@@ -66,28 +64,6 @@ inline Vec exp_(const Vec& v) {
 #endif
 }
 
-// W input values at p, as floats.
-template <typename T>
-inline Vec load_full(const T* p) {
-  if constexpr (std::is_same_v<T, float>) {
-    return Vec::loadu(p);
-  } else {
-    Vec out;
-    at::vec::load_to_float<T>(p, out);
-    return out;
-  }
-}
-
-// The last n < W values at p as floats; the other lanes get `fill`.
-template <typename T>
-inline Vec load_tail(const T* p, int64_t n, float fill) {
-  alignas(64) float tmp[kWidth];
-  for (int64_t i = 0; i < kWidth; ++i) {
-    tmp[i] = i < n ? static_cast<float>(p[i]) : fill;
-  }
-  return Vec::loadu(tmp);
-}
-
 // x / eps, rounded as the reference's division: L = x / eps must round exactly (at eps
 // 0.01 an ulp of L is 8e-6). With FMA the divider (a fifth of a pass's time in a
 // profile) is avoided: q = x * (1/eps) is corrected once with the exact residual
@@ -116,7 +92,7 @@ class Divisor {
 template <typename T>
 inline Vec load_z(const T* row, int64_t j, int64_t cols, const Divisor& divide,
                   const float* log_u) {
-  const Vec x = j + kWidth <= cols ? load_full(row + j) : load_tail(row + j, cols - j, -kInf);
+  const Vec x = j + kWidth <= cols ? load_floats(row + j) : load_floats(row + j, cols - j, -kInf);
   return divide(x) + Vec::loadu(log_u + j);
 }
 
@@ -151,14 +127,6 @@ inline float reduce_max(const Vec& v) {
     m = std::isnan(tmp[i]) ? tmp[i] : (std::isnan(m) ? m : std::max(m, tmp[i]));
   }
   return m;
-}
-
-inline float reduce_sum(const Vec& v) {
-  alignas(64) float tmp[kWidth];
-  v.store(tmp);
-  float s = 0.f;
-  for (int64_t i = 0; i < kWidth; ++i) s += tmp[i];
-  return s;
 }
 
 // Spreads prefetches of [ptr, ptr + bytes) evenly over `steps` calls of next(): the
@@ -211,7 +179,7 @@ inline float exp_row(float* buf, int64_t padded, float m, const void* next, int6
     e.store(buf + j);
     vsum = vsum + e;
   }
-  return reduce_sum(vsum);
+  return lane_sum(vsum);
 }
 
 // Plain column statistics of NR rows: per column, the running max lives in stats[0:Kp]
@@ -418,5 +386,4 @@ const Kernels& table() {
   return kernels;
 }
 
-}  // namespace CPU_CAPABILITY
-}  // namespace seer_kernels::cpu::sinkhorn
+}  // namespace seer_kernels::cpu::sinkhorn::CPU_CAPABILITY

@@ -11,35 +11,31 @@
 // This file holds the tensor side: checks, contiguity, threading over samples b, and the
 // deterministic loss reduction (one partial per b, summed in index order in double, so
 // the result does not depend on the thread count). The row kernels, with the byte and
-// FLOP counts, are in swav_cross_entropy_kernel.h, compiled per CPU capability.
-#include "swav_cross_entropy.h"
+// FLOP counts, are in swav_cross_entropy_kernels_impl.h, compiled per instruction set (isa.h).
 
 #include <ATen/Parallel.h>
-#include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
-#include <string>
 #include <tuple>
 #include <vector>
 
 #include "../numeric.h"
 #include "../op_checks.h"
+#include "isa.h"
+#include "swav_cross_entropy_kernels.h"
 
 namespace seer_kernels::cpu::swav_cross_entropy {
 namespace {
 
 using at::Tensor;
 
-// The row kernels for the best instruction set this CPU has (ATen's own choice, which
-// honours the ATEN_CPU_CAPABILITY environment variable, e.g. to test the other units).
-RowKernels select_kernels() {
-  const std::string cap = at::get_cpu_capability();
-  if (cap == "AVX512") return row_kernels_avx512();
-  if (cap == "AVX2") return row_kernels_avx2();
-  return row_kernels_default();
+// The row kernels of this process's instruction set (isa.h).
+const Kernels& kernels() {
+  static const Kernels& table = select_kernels(&kernels_avx512, &kernels_avx2, &kernels_default);
+  return table;
 }
 
 // The op-level contract (op_checks.h) on CPU tensors.
@@ -67,7 +63,7 @@ std::tuple<Tensor, Tensor> forward_cpu(const Tensor& scores_in, const Tensor& co
   const auto loss_type = acc_dtype(scores.scalar_type());  // numeric.h
   Tensor lse = at::empty({p.V, p.B}, scores.options().dtype(at::kDouble));
   std::vector<double> terms(p.B);
-  const RowKernels k = select_kernels();
+  const Kernels& k = kernels();
   void* lse_ptr = lse.data_ptr();
   at::parallel_for(0, p.B, grain(p),
                    [&](int64_t b0, int64_t b1) { k.forward(p, lse_ptr, terms.data(), b0, b1); });
@@ -82,19 +78,15 @@ std::tuple<Tensor, Tensor> forward_cpu(const Tensor& scores_in, const Tensor& co
 Tensor backward_cpu(const Tensor& grad_loss, const Tensor& scores_in, const Tensor& codes_in,
                     const Tensor& lse_in, double temperature) {
   check_operands(scores_in, codes_in, temperature);
-  TORCH_CHECK(grad_loss.numel() == 1,
-              "swav_cross_entropy_backward: grad_loss must be a scalar, got ", grad_loss.sizes());
   const Tensor scores = scores_in.contiguous(), codes = codes_in.contiguous();
   const Problem p = make_problem(scores, codes, temperature);
-  TORCH_CHECK(lse_in.dim() == 2 && lse_in.size(0) == p.V && lse_in.size(1) == p.B,
-              "swav_cross_entropy_backward: lse must be (V, B) = (", p.V, ", ", p.B, "), got ",
-              lse_in.sizes());
+  check_xent_backward(grad_loss, lse_in, p.V, p.B);  // op_checks.h
   const Tensor lse = lse_in.to(at::kDouble).contiguous();
   const double norm =
       static_cast<double>(p.A) * static_cast<double>(p.V - 1) * static_cast<double>(p.B);
   const double scale = grad_loss.item<double>() / (temperature * norm);
   Tensor grad = at::empty(scores.sizes(), scores.options());
-  const RowKernels k = select_kernels();
+  const Kernels& k = kernels();
   const void* lse_ptr = lse.const_data_ptr();
   void* grad_ptr = grad.data_ptr();
   at::parallel_for(0, p.B, grain(p), [&](int64_t b0, int64_t b1) {

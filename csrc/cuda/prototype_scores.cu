@@ -193,10 +193,8 @@ std::tuple<Tensor, Tensor> prototype_scores_backward_cuda(
   if (!normalize) {
     return {at::mm(g, p), at::mm(g.t(), e)};
   }
-  const auto acc = acc_dtype(e.scalar_type());
-  TORCH_CHECK(embeddings_rnorm.numel() == e.size(0) && prototypes_rnorm.numel() == p.size(0) &&
-                  embeddings_rnorm.scalar_type() == acc && prototypes_rnorm.scalar_type() == acc,
-              "prototype_scores_backward: rnorms must hold one ", acc, " per row");
+  check_prototype_rnorm(embeddings_rnorm, e, "embeddings_rnorm");  // op_checks.h
+  check_prototype_rnorm(prototypes_rnorm, p, "prototypes_rnorm");
   const Tensor rn_e = embeddings_rnorm.contiguous();
   const Tensor rn_p = prototypes_rnorm.contiguous();
   const Tensor e_hat = normalized(e, rn_e, /*compute_rn=*/false);

@@ -1,7 +1,7 @@
 // SwAV multi-crop swapped-prediction cross-entropy, CUDA: the ops
 // seer_kernels::swav_cross_entropy and seer_kernels::swav_cross_entropy_backward.
 //
-// Same algorithm and numerics as the CPU kernels (csrc/cpu/swav_cross_entropy_kernel.h):
+// Same algorithm and numerics as the CPU kernels (csrc/cpu/swav_cross_entropy_kernels_impl.h):
 // with C_v[b] = sum_{a < A, a != v} codes[a, b] and R_v[b] = sum_k C_v[b, k],
 //   lse_v[b]  = max_v[b] / T + log s,  s = sum_k exp((x_k - max) / T)      (kept, fp64)
 //   term_v[b] = R_v[b] log s + <C_v[b], max - x> / T                       (the row's loss)
@@ -177,14 +177,10 @@ std::tuple<Tensor, Tensor> forward_cuda(const Tensor& scores_in, const Tensor& c
 Tensor backward_cuda(const Tensor& grad_loss, const Tensor& scores_in, const Tensor& codes_in,
                      const Tensor& lse_in, double temperature) {
   check_operands(scores_in, codes_in, temperature);
-  TORCH_CHECK(grad_loss.numel() == 1,
-              "swav_cross_entropy_backward: grad_loss must be a scalar, got ", grad_loss.sizes());
   const c10::cuda::CUDAGuard guard(scores_in.device());
   const Tensor scores = scores_in.contiguous(), codes = codes_for(codes_in, scores_in);
   const int64_t V = scores.size(0), B = scores.size(1), K = scores.size(2), A = codes.size(0);
-  TORCH_CHECK(lse_in.dim() == 2 && lse_in.size(0) == V && lse_in.size(1) == B,
-              "swav_cross_entropy_backward: lse must be (V, B) = (", V, ", ", B, "), got ",
-              lse_in.sizes());
+  check_xent_backward(grad_loss, lse_in, V, B);  // op_checks.h
   const Tensor lse = lse_in.to(scores.device(), at::kDouble).contiguous();
   // The incoming gradient stays on the device (no host sync), in the accumulation type.
   const Tensor g =

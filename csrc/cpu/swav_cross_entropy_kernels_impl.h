@@ -1,9 +1,8 @@
 // Row kernels of the SwAV multi-crop cross-entropy, written once with ATen's
-// at::vec::Vectorized and compiled once per CPU capability: a translation unit defines
-// CPU_CAPABILITY (DEFAULT, AVX2, AVX512) and the matching target options, then includes
-// this header, so every function here lands in
-// seer_kernels::cpu::swav_cross_entropy::<CPU_CAPABILITY> and the units never share a symbol (no
-// ODR clash between the instruction sets).
+// at::vec::Vectorized and compiled once per instruction set by
+// swav_cross_entropy_kernels_{avx512,avx2,default}.cpp (the scheme is in isa.h), so every
+// function here lands in seer_kernels::cpu::swav_cross_entropy::<CPU_CAPABILITY> and the
+// units never share a symbol (no ODR clash between the instruction sets).
 //
 // Work per b (rows of one sample are processed together so that the A code rows, read
 // once from memory, stay in L1/L2 while all V crops use them):
@@ -27,64 +26,28 @@
 #include <limits>
 #include <vector>
 
-#include "swav_cross_entropy.h"
+#include "rows.h"  // row_as, convert_row, lane_sum
+#include "swav_cross_entropy_kernels.h"
 
 namespace seer_kernels::cpu::swav_cross_entropy::CPU_CAPABILITY {
+namespace {
 
 using at::vec::Vectorized;
 
-// Vectorized conversion of n elements into the accumulation type. Half/BFloat16 go
-// through ATen's paired float conversion; every other pair is a plain cast.
-template <typename src_t, typename acc_t>
-void convert_row(const src_t* src, acc_t* dst, int64_t n) {
-  int64_t k = 0;
-  if constexpr (std::is_same_v<acc_t, float> && at::vec::is_reduced_floating_point_v<src_t>) {
-    constexpr int64_t w = Vectorized<src_t>::size();
-    for (; k + w <= n; k += w) {
-      auto [lo, hi] = at::vec::convert_to_float<src_t>(Vectorized<src_t>::loadu(src + k));
-      lo.store(dst + k);
-      hi.store(dst + k + w / 2);
-    }
-  }
-  for (; k < n; ++k) dst[k] = static_cast<acc_t>(src[k]);
-}
-
-// The same in the other direction, for writing the gradient in the dtype of scores.
-template <typename acc_t, typename dst_t>
-void store_row(const acc_t* src, dst_t* dst, int64_t n) {
-  int64_t k = 0;
-  if constexpr (std::is_same_v<acc_t, float> && at::vec::is_reduced_floating_point_v<dst_t>) {
-    constexpr int64_t w = Vectorized<dst_t>::size();
-    for (; k + w <= n; k += w) {
-      auto lo = Vectorized<float>::loadu(src + k);
-      auto hi = Vectorized<float>::loadu(src + k + w / 2);
-      at::vec::convert_from_float<dst_t>(lo, hi).store(dst + k);
-    }
-  }
-  for (; k < n; ++k) dst[k] = static_cast<dst_t>(src[k]);
-}
-
 // Row `row` (length n) of a contiguous tensor of dtype `dtype`, as acc_t: the tensor's
-// own memory when it already is acc_t, else converted into `scratch`.
+// own memory when it already is acc_t, else converted into `scratch` (rows.h).
 template <typename acc_t>
 const acc_t* row_as(const void* base, c10::ScalarType dtype, int64_t row, int64_t n,
                     acc_t* scratch) {
   switch (dtype) {
     case c10::ScalarType::Float:
-      if constexpr (std::is_same_v<acc_t, float>) return static_cast<const float*>(base) + row * n;
-      convert_row(static_cast<const float*>(base) + row * n, scratch, n);
-      return scratch;
+      return cpu::row_as<acc_t>(static_cast<const float*>(base) + row * n, n, scratch);
     case c10::ScalarType::Double:
-      if constexpr (std::is_same_v<acc_t, double>)
-        return static_cast<const double*>(base) + row * n;
-      convert_row(static_cast<const double*>(base) + row * n, scratch, n);
-      return scratch;
+      return cpu::row_as<acc_t>(static_cast<const double*>(base) + row * n, n, scratch);
     case c10::ScalarType::Half:
-      convert_row(static_cast<const c10::Half*>(base) + row * n, scratch, n);
-      return scratch;
+      return cpu::row_as<acc_t>(static_cast<const c10::Half*>(base) + row * n, n, scratch);
     default:  // BFloat16; the op rejects every other dtype before getting here.
-      convert_row(static_cast<const c10::BFloat16*>(base) + row * n, scratch, n);
-      return scratch;
+      return cpu::row_as<acc_t>(static_cast<const c10::BFloat16*>(base) + row * n, n, scratch);
   }
 }
 
@@ -92,30 +55,21 @@ template <typename acc_t>
 void write_row(const acc_t* src, void* base, c10::ScalarType dtype, int64_t row, int64_t n) {
   switch (dtype) {
     case c10::ScalarType::Float:
-      store_row(src, static_cast<float*>(base) + row * n, n);
+      convert_row(src, static_cast<float*>(base) + row * n, n);
       return;
     case c10::ScalarType::Double:
-      store_row(src, static_cast<double*>(base) + row * n, n);
+      convert_row(src, static_cast<double*>(base) + row * n, n);
       return;
     case c10::ScalarType::Half:
-      store_row(src, static_cast<c10::Half*>(base) + row * n, n);
+      convert_row(src, static_cast<c10::Half*>(base) + row * n, n);
       return;
     default:
-      store_row(src, static_cast<c10::BFloat16*>(base) + row * n, n);
+      convert_row(src, static_cast<c10::BFloat16*>(base) + row * n, n);
       return;
   }
 }
 
-// Horizontal reductions in a fixed lane order (deterministic for a given capability).
-template <typename acc_t>
-acc_t lane_sum(const Vectorized<acc_t>& v) {
-  acc_t lanes[Vectorized<acc_t>::size()];
-  v.store(lanes);
-  acc_t s = 0;
-  for (acc_t x : lanes) s += x;
-  return s;
-}
-
+// Horizontal max in a fixed lane order (lane_sum is in rows.h).
 template <typename acc_t>
 acc_t lane_max(const Vectorized<acc_t>& v) {
   acc_t lanes[Vectorized<acc_t>::size()];
@@ -284,20 +238,26 @@ void backward_rows(const Problem& p, const void* lse_in, double scale, void* gra
   }
 }
 
-inline RowKernels row_kernels() {
-  // Double scores accumulate in double (gradcheck); everything else in float.
-  return {[](const Problem& p, void* lse, double* terms, int64_t b0, int64_t b1) {
-            if (p.scores_dtype == c10::ScalarType::Double)
-              forward_rows<double>(p, lse, terms, b0, b1);
-            else
-              forward_rows<float>(p, lse, terms, b0, b1);
-          },
-          [](const Problem& p, const void* lse, double scale, void* grad, int64_t b0, int64_t b1) {
-            if (p.scores_dtype == c10::ScalarType::Double)
-              backward_rows<double>(p, lse, scale, grad, b0, b1);
-            else
-              backward_rows<float>(p, lse, scale, grad, b0, b1);
-          }};
+// Double scores accumulate in double (gradcheck); everything else in float.
+void forward(const Problem& p, void* lse, double* terms, int64_t b0, int64_t b1) {
+  if (p.scores_dtype == c10::ScalarType::Double)
+    forward_rows<double>(p, lse, terms, b0, b1);
+  else
+    forward_rows<float>(p, lse, terms, b0, b1);
+}
+
+void backward(const Problem& p, const void* lse, double scale, void* grad, int64_t b0, int64_t b1) {
+  if (p.scores_dtype == c10::ScalarType::Double)
+    backward_rows<double>(p, lse, scale, grad, b0, b1);
+  else
+    backward_rows<float>(p, lse, scale, grad, b0, b1);
+}
+
+}  // namespace
+
+const Kernels& table() {
+  static const Kernels kernels{&forward, &backward};
+  return kernels;
 }
 
 }  // namespace seer_kernels::cpu::swav_cross_entropy::CPU_CAPABILITY

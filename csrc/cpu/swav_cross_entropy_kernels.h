@@ -1,8 +1,8 @@
 // Interface between the SwAV cross-entropy op (swav_cross_entropy.cpp: tensors, checks,
-// threading, the loss reduction) and its row kernels, compiled once per CPU capability
-// (swav_cross_entropy_kernel.h included by the DEFAULT, AVX2 and AVX512 translation
-// units). Only raw pointers cross this boundary, so the capability units include no
-// tensor headers.
+// threading, the loss reduction) and its row kernels, compiled once per instruction set
+// (swav_cross_entropy_kernels_impl.h included by swav_cross_entropy_kernels_{avx512,avx2,
+// default}.cpp, the scheme of isa.h). Only raw pointers cross this boundary, so the ISA
+// units include no tensor headers.
 #pragma once
 
 #include <c10/core/ScalarType.h>
@@ -32,13 +32,13 @@ using ForwardRows = void (*)(const Problem&, void* lse, double* terms, int64_t b
 using BackwardRows = void (*)(const Problem&, const void* lse, double scale, void* grad, int64_t b0,
                               int64_t b1);
 
-struct RowKernels {
+struct Kernels {
   ForwardRows forward;
   BackwardRows backward;
 };
 
-RowKernels row_kernels_default();
-RowKernels row_kernels_avx2();
-RowKernels row_kernels_avx512();
+const Kernels& kernels_avx512();
+const Kernels& kernels_avx2();
+const Kernels& kernels_default();
 
 }  // namespace seer_kernels::cpu::swav_cross_entropy

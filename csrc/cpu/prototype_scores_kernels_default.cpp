@@ -1,0 +1,10 @@
+// Prototype-scores row kernels for the baseline instruction set (any CPU); isa.h has the scheme.
+#include "prototype_scores_kernels.h"
+
+#define SEER_ISA_DEFAULT
+#include "isa.h"
+#include "prototype_scores_kernels_impl.h"
+
+namespace seer_kernels::cpu::prototype_scores {
+const Kernels& kernels_default() { return DEFAULT::table(); }
+}  // namespace seer_kernels::cpu::prototype_scores
