@@ -65,8 +65,8 @@ SCRIPT = textwrap.dedent(
 
     constexprs, floats, ints, float_type = json.loads(sys.argv[1])
     seen = set()
-    for module in ("sinkhorn", "cross_entropy", "prototype_scores"):
-        mod = importlib.import_module("seer_kernels." + module)
+    for module in ("sinkhorn", "swav_cross_entropy", "prototype_scores"):
+        mod = importlib.import_module("seer_kernels.triton." + module)
         for name, fn in vars(mod).items():
             if not (isinstance(fn, triton.runtime.jit.JITFunction) and name.endswith("_kernel")):
                 continue
