@@ -11,9 +11,9 @@ Every op takes `backend=None` ("reference", "cpu", "cuda", "triton"); see
 """
 
 from seer_kernels._backend import available_backends, build_info
-from seer_kernels.cross_entropy import swav_cross_entropy
-from seer_kernels.prototype_scores import prototype_scores
-from seer_kernels.sinkhorn import sinkhorn
+from seer_kernels.ops.prototype_scores import prototype_scores
+from seer_kernels.ops.sinkhorn import sinkhorn
+from seer_kernels.ops.swav_cross_entropy import swav_cross_entropy
 
 __all__ = [
     "available_backends",

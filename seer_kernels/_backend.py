@@ -21,6 +21,10 @@ import torch
 
 from seer_kernels import _registry
 
+# Defined apart (seer_kernels/_interpreter.py) so that the Triton kernel modules can launch
+# without importing this module, which loads seer_kernels._C and so registers its ops.
+from seer_kernels._interpreter import triton_interpreted, wrap_triton  # noqa: F401
+
 BACKENDS = _registry.BACKENDS
 # Fastest first, per device type and per "op:device" (see benchmarks/results for the
 # measurements behind each order).
@@ -59,22 +63,6 @@ def build_info() -> dict:
     if _C is None:
         raise RuntimeError(f"seer_kernels._C is not built: {_C_ERROR}")
     return dict(_C.build_info())
-
-
-def triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def wrap_triton(kernel):
-    """`torch.library.wrap_triton(kernel)`: a launch that torch.compile can trace. Under
-    TRITON_INTERPRET=1, triton < 3.8 decorates kernels as plain interpreted functions, which
-    torch < 2.14 refuses to wrap; nothing is traced under the interpreter, so those launch bare."""
-    from triton.runtime.autotuner import Autotuner
-    from triton.runtime.jit import JITFunction
-
-    if triton_interpreted() and not isinstance(kernel, (JITFunction, Autotuner)):
-        return kernel
-    return torch.library.wrap_triton(kernel)
 
 
 def _declared(name: str, op: str) -> bool:

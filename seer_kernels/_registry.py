@@ -6,10 +6,13 @@ lists from here; tests/test_registry.py checks that every declared op has a refe
 fake kernels, a test file, a benchmark file and a registered kernel per declared backend.
 
 Per op, by convention (what tests/test_registry.py checks):
-  reference  `seer_kernels.reference.<op>`; public wrapper `seer_kernels.<op>`;
+  reference  `seer_kernels.reference.<op>`; public wrapper `seer_kernels.<op>`, defined
+             in seer_kernels/ops/<op>.py, which registers the op through
+             `seer_kernels._library.register`;
   cpu, cuda  the C++ ops `torch.ops.seer_kernels.<k>` for k in `kernels`, declared in
              csrc/ops.cpp, with a CPU or CUDA kernel and a fake kernel each;
-  triton     the ops `torch.ops.seer_kernels.<k>_triton`, each with a fake kernel;
+  triton     the ops `torch.ops.seer_kernels.<k>_triton`, each with a fake kernel,
+             defined from the launchers `seer_kernels.triton.<op>.<k>`;
   tests      tests/test_<op>.py, benchmark benchmarks/bench_<op>.py.
 
 The module imports nothing, so the declaration reads on its own (importing it still runs

@@ -27,8 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from seer_kernels.cross_entropy import swav_cross_entropy
-from seer_kernels.sinkhorn import sinkhorn
+from seer_kernels.ops.sinkhorn import sinkhorn
+from seer_kernels.ops.swav_cross_entropy import swav_cross_entropy
 from seer_kernels.swav import SwAVLoss, SwAVPrototypes, gather_group
 
 __all__ = [

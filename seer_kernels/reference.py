@@ -18,10 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from seer_kernels import _distributed
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+from seer_kernels._dtypes import accumulation_dtype
 
 
 def _col_logsumexp(x: torch.Tensor, group) -> torch.Tensor:
@@ -45,7 +42,7 @@ def sinkhorn(
     Returns float32 (float64 for float64 input); every row sums to 1 (iterations >= 1).
     """
     group = _distributed.group_or_none(process_group)
-    dtype = _compute_dtype(scores)
+    dtype = accumulation_dtype(scores.dtype)
     logits = scores.to(dtype) / epsilon
     k = logits.shape[1]
     b_total = _distributed.global_rows(logits.shape[0], logits.device, group).to(dtype)
@@ -110,7 +107,7 @@ def swav_cross_entropy(scores: torch.Tensor, codes: torch.Tensor, temperature: f
     """
     n_crops, n_assign = scores.shape[0], codes.shape[0]
     codes = codes.detach()
-    loss = scores.new_zeros((), dtype=torch.promote_types(scores.dtype, torch.float32))
+    loss = scores.new_zeros((), dtype=accumulation_dtype(scores.dtype))
     for a in range(n_assign):
         sub = scores.new_zeros((), dtype=loss.dtype)
         for v in range(n_crops):

@@ -39,9 +39,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from seer_kernels.cross_entropy import swav_cross_entropy
-from seer_kernels.prototype_scores import prototype_scores
-from seer_kernels.sinkhorn import sinkhorn
+from seer_kernels.ops.prototype_scores import prototype_scores
+from seer_kernels.ops.sinkhorn import sinkhorn
+from seer_kernels.ops.swav_cross_entropy import swav_cross_entropy
 
 __all__ = [
     "SwAVLoss",

@@ -134,7 +134,10 @@ OP_SCRIPT = textwrap.dedent(
         _, peaks["forward"] = phase(lambda: sinkhorn(scores, 0.05, 3, backend="cpu"))
     elif op == "prototype_scores":
         e0, p0 = torch.randn(8, d, requires_grad=True), torch.randn(32, d, requires_grad=True)
-        prototype_scores(e0, p0, backend="cpu").sum().backward()
+        # backward(grad) as measured below: the first call with an explicit gradient
+        # imports torch.fx.experimental.symbolic_shapes (sympy, ~32 MiB), not the op's.
+        s0 = prototype_scores(e0, p0, backend="cpu")
+        s0.backward(torch.ones_like(s0))
         e = torch.randn(n, d, generator=g).requires_grad_()
         p = torch.randn(k, d, generator=g).requires_grad_()
         grad = torch.randn(n, k, generator=g)

@@ -1,11 +1,14 @@
 """The op declaration (seer_kernels/_registry.py) against what exists: every declared op
 has a reference, a public wrapper, fake kernels, a test grid, a benchmark and a demo case,
 and every backend it declares has its kernels registered (and no registered kernel goes
-undeclared); backend resolution never picks a backend the op lacks."""
+undeclared); backend resolution never picks a backend the op lacks. Every op registers
+through seer_kernels/_library.py from its module seer_kernels/ops/<op>.py, and the Triton
+kernel modules (seer_kernels/triton/) register nothing, so they can be imported and reused."""
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ import torch
 from torch._library import simple_registry
 
 import seer_kernels as sk
-from seer_kernels import _backend, _registry, demo, reference
+from seer_kernels import _backend, _library, _registry, demo, reference
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = list(_registry.OPS)
@@ -161,3 +164,157 @@ def test_config_allows_exactly_the_declared_backends():
         assert load_config(None, [f"swav.backend={name}"]).swav.backend == name
     with pytest.raises(ConfigError, match=", ".join(_registry.BACKENDS)):
         load_config(None, ["swav.backend=fastest"])
+
+
+# ------------------------------------------------------- one registration path per op
+
+PACKAGE = ROOT / "seer_kernels"
+# torch.library's registering functions (wrap_triton, which only wraps a launch, is not one).
+REGISTERING = {
+    "custom_op",
+    "triton_op",
+    "register_fake",
+    "register_autograd",
+    "register_kernel",
+    "Library",
+    "impl",
+    "define",
+}
+
+
+def _library_calls(tree: ast.AST) -> list[str]:
+    """The torch.library registrations in a module: `torch.library.<f>` for f in
+    REGISTERING, and names imported from torch.library."""
+    found = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in REGISTERING
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "library"
+        ):
+            found.append(f"torch.library.{node.attr} (line {node.lineno})")
+        if isinstance(node, ast.ImportFrom) and node.module == "torch.library":
+            found += [f"from torch.library import {a.name}" for a in node.names if a.name in REGISTERING]
+    return found
+
+
+def _imported(tree: ast.AST) -> list[str]:
+    """Every module a module imports (`from p import m` counts p.m when m is a module of
+    the package), and `import_module`/`__import__` calls, which no AST check can follow."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+            names += [
+                f"{node.module}.{a.name}" for a in node.names if _module_file(f"{node.module}.{a.name}")
+            ]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+            "import_module",
+            "__import__",
+        ):
+            names.append(f"<dynamic import, line {node.lineno}>")
+    return names
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of seer_kernels module `name`, None for the package root and for
+    what is not a source file of the package (the compiled extension seer_kernels._C)."""
+    if not name.startswith("seer_kernels."):
+        return None
+    path = ROOT.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _side_effect_problems(source: str, where: str, seen: set[str]) -> list[str]:
+    """Why importing a module (given its source) would register ops: a torch.library
+    registration in it, or an import of anything but the standard library, torch,
+    triton and seer_kernels modules that pass the same check (followed transitively)."""
+    tree = ast.parse(source)
+    problems = [f"{where}: registers ({call})" for call in _library_calls(tree)]
+    for name in _imported(tree):
+        root = name.split(".")[0]
+        if root in ("torch", "triton", "__future__") or root in sys.stdlib_module_names:
+            continue
+        path = _module_file(name)
+        if path is None:
+            if name != "seer_kernels":  # `from seer_kernels import m`: m is checked on its own
+                problems.append(f"{where}: imports {name}, which may register ops")
+            continue
+        if name not in seen:
+            seen.add(name)
+            problems += _side_effect_problems(path.read_text(), name, seen)
+    return problems
+
+
+TRITON_MODULES = sorted(p for p in (PACKAGE / "triton").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", TRITON_MODULES, ids=lambda p: p.name)
+def test_triton_modules_register_nothing(path):
+    """Kernels and launchers importable for reuse: no torch.library call, and nothing
+    imported that registers ops (seer_kernels._C, _backend, _library, the op modules)."""
+    assert _side_effect_problems(path.read_text(), path.name, set()) == []
+
+
+def test_the_side_effect_check_can_fail():
+    source = "import torch\nfrom seer_kernels import _backend, _dtypes\ntorch.library.custom_op('a::b', f)\n"
+    problems = "\n".join(_side_effect_problems(source, "toy.py", set()))
+    assert "torch.library.custom_op" in problems
+    assert "seer_kernels._backend" in problems  # it loads seer_kernels._C (importlib)
+    assert "_dtypes" not in problems
+    assert "ops/sinkhorn" not in problems
+    for module in ("seer_kernels.ops.sinkhorn", "seer_kernels._library", "seer_kernels._C"):
+        assert _side_effect_problems(f"import {module}\n", "toy.py", set()), module
+
+
+def _registers_through_library(path: Path, op: str) -> bool:
+    """The module calls `_library.register("<op>", ...)`."""
+    return any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "register"
+        and getattr(node.func.value, "id", None) == "_library"
+        and node.args
+        and getattr(node.args[0], "value", None) == op
+        for node in ast.walk(ast.parse(path.read_text()))
+    )
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_each_op_has_its_module_and_registers_through_the_library(op):
+    path = PACKAGE / "ops" / f"{op}.py"
+    assert path.exists(), f"no op module seer_kernels/ops/{op}.py"
+    assert _registers_through_library(path, op), (
+        f"seer_kernels/ops/{op}.py does not call _library.register({op!r}, ...)"
+    )
+    assert getattr(sk, op).__module__ == f"seer_kernels.ops.{op}"
+
+
+def test_library_registered_exactly_the_declared_ops():
+    assert _library.registered() == set(_registry.OPS)
+
+
+def test_only_the_library_registers():
+    """One registration path: no module of the package but _library.py calls torch.library."""
+    calls = {
+        str(path.relative_to(ROOT)): _library_calls(ast.parse(path.read_text()))
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "_library.py"
+    }
+    assert {path: found for path, found in calls.items() if found} == {}
+
+
+def test_no_module_is_shadowed_by_a_function():
+    """seer_kernels.<op> is the public function; the op's modules are seer_kernels.ops.<op>
+    and seer_kernels.triton.<op>, each reachable under its own name."""
+    import importlib
+
+    for op in OPS:
+        assert f"seer_kernels.{op}" not in sys.modules
+        assert importlib.import_module(f"seer_kernels.ops.{op}").__name__ == f"seer_kernels.ops.{op}"

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from seer_kernels import _registry
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Representative compile-time constants per kernel (the launchers pick among such values).
@@ -63,10 +65,10 @@ SCRIPT = textwrap.dedent(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    constexprs, floats, ints, float_type = json.loads(sys.argv[1])
+    constexprs, floats, ints, float_type, modules = json.loads(sys.argv[1])
     seen = set()
-    for module in ("sinkhorn", "cross_entropy", "prototype_scores"):
-        mod = importlib.import_module("seer_kernels." + module)
+    for module in modules:
+        mod = importlib.import_module("seer_kernels.triton." + module)
         for name, fn in vars(mod).items():
             if not (isinstance(fn, triton.runtime.jit.JITFunction) and name.endswith("_kernel")):
                 continue
@@ -98,7 +100,9 @@ def test_every_triton_kernel_compiles_for_sm90(float_type):
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    args = json.dumps([CONSTEXPRS, sorted(FLOATS), sorted(INTS), float_type])
+    # The Triton module of every declared op that has a Triton backend.
+    modules = [name for name, spec in _registry.OPS.items() if "triton" in spec.backends]
+    args = json.dumps([CONSTEXPRS, sorted(FLOATS), sorted(INTS), float_type, modules])
     res = subprocess.run(
         [sys.executable, "-c", SCRIPT, args], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT
     )

@@ -1,0 +1,131 @@
+"""Sinkhorn-Knopp codes for SwAV, fused: registration, then the public wrapper. Kernels:
+csrc/cpu/sinkhorn.cpp, csrc/cuda/sinkhorn.cu, seer_kernels/triton/sinkhorn.py; the
+oracle is seer_kernels.reference.sinkhorn.
+
+Algorithm (every backend, log domain, fp32 accumulation whatever the input dtype):
+with L = scores / eps and a per-prototype log scaling log_u (K,),
+  pass 0      log_u = -logsumexp_b L[:, k] - log K          (SwAV's first prototype step)
+  pass t      log_u += log(B/K) - logsumexp_b log_softmax_k(L + log_u)[:, k]
+  last pass   codes = softmax_k(L + log_u)                   (the final sample step)
+and `iterations` = 0 gives codes = B * exp(L - logsumexp(L)) (SwAV's total
+normalization only). So T iterations cost T + 1 reads of the scores and one write of the
+codes. Column statistics are (shift, sum exp(x - shift)) pairs: pass 0 shifts by a
+per-column running max (0 where it is not finite), so nothing over- or underflows for
+any finite input and any eps > 0; passes t >= 1 sum row-softmax entries, which lie in
+[0, 1], with shift 0 (each column's sum is provably >= 1/K there, so nothing that
+matters underflows; see csrc/cpu/sinkhorn.cpp). Codes carry no gradient: the op is not
+differentiable and the public function detaches its input (SwAV computes codes under
+no_grad), so backward through codes raises "does not require grad".
+
+Non-finite input, the same on every backend: a NaN score makes every code NaN; +inf
+gives NaN where inf - inf appears (never a finite wrong answer); `check_finite=True`
+raises a ValueError instead (one device sync). Fused backends take fp32/bf16/fp16 and
+return fp32; float64 runs on backend="reference" only.
+
+Memory, CPU backend (measured at K = 65536 by tests/test_memory.py): besides the (B, K)
+fp32 codes (whole 2 MiB pages from 4 MiB on), at most (2 C + 8 T + 5) Kp fp32 values, for
+T threads, C = max(16, ceil(B / 256)) row chunks and Kp = K rounded up to the vector
+width: per-chunk column statistics, an 8-row buffer per thread and a few K-vectors; the
+chunk statistics and row buffers are freed before the codes are allocated (the last pass
+needs (T + 3) Kp). O(K): nothing else of size B K, except a contiguous copy of strided
+scores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from seer_kernels import _backend, _checks, _distributed, _library, reference
+
+# ------------------------------------------------------------------------ registration
+
+
+def _fake_sinkhorn(scores, epsilon, iterations):
+    return scores.new_empty(scores.shape, dtype=torch.float32)
+
+
+def _fake_colstats(scores, log_u, epsilon, normalize_rows):
+    return scores.new_empty((2, scores.shape[1]), dtype=torch.float32)
+
+
+def _fake_codes(scores, log_u, epsilon, normalize_rows):
+    return scores.new_empty(scores.shape, dtype=torch.float32)
+
+
+# Not differentiable (codes carry no gradient), so no autograd.
+_library.register(
+    "sinkhorn",
+    fakes={"sinkhorn": _fake_sinkhorn, "sinkhorn_colstats": _fake_colstats, "sinkhorn_codes": _fake_codes},
+)
+
+# ------------------------------------------------------------------------ public API
+
+_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _distributed_sinkhorn(scores, epsilon, iterations, group, colstats, codes):
+    """The same passes as the fused op, with each pass's K-vector of column statistics
+    combined across ranks (one all_gather per half-iteration, no host sync)."""
+    k = scores.shape[1]
+    log_k = math.log(k)
+    zeros = torch.zeros(k, dtype=torch.float32, device=scores.device)
+    rows = _distributed.global_rows(scores.shape[0], scores.device, group).float()
+    log_b = torch.log(rows)
+    col = _distributed.combine_colstats(colstats(scores, zeros, epsilon, False), group)
+    if iterations == 0:
+        # B * exp(L - total), as the single-process kernels compute it.
+        total = torch.logsumexp(col, dim=0)
+        return codes(scores, (-total).expand(k).contiguous(), epsilon, False) * rows
+    log_u = -col - log_k
+    for _ in range(iterations - 1):
+        stats = colstats(scores, log_u, epsilon, True)
+        log_u = log_u + log_b - log_k - _distributed.combine_colstats(stats, group)
+    return codes(scores, log_u, epsilon, True)
+
+
+def sinkhorn(
+    scores: torch.Tensor,
+    epsilon: float = 0.05,
+    iterations: int = 3,
+    *,
+    process_group=None,
+    backend: str | None = None,
+    check_finite: bool = False,
+) -> torch.Tensor:
+    """SwAV's Sinkhorn-Knopp codes of prototype `scores` (B, K) -> float32 (B, K).
+
+    Args:
+        scores: (B, K) scores of B samples (batch plus queue rows) against K prototypes,
+            fp32/bf16/fp16. Detached: codes carry no gradient.
+        epsilon: entropic regularization (SwAV 0.05; SEER 0.03-0.05), > 0.
+        iterations: Sinkhorn rounds (SwAV 3, SEER 10), >= 0; 0 means only the total
+            normalization, as in SwAV's own loop.
+        process_group: a torch.distributed group (or "world"): rows are spread over the
+            ranks, B is the global row count, and every rank gets the codes of its own
+            rows, equal to the single-process result on the concatenated scores.
+        backend: "reference", "cpu", "cuda", "triton" or None (fastest available).
+        check_finite: raise ValueError on NaN/Inf in scores (costs a device sync).
+    Returns: (B, K) float32 codes; every row sums to 1 when iterations >= 1.
+    """
+    epsilon, iterations = _checks.sinkhorn_args(scores, epsilon, iterations)
+    if check_finite:
+        _checks.finite("scores", scores)
+    name = _backend.resolve(backend, scores.device, "sinkhorn")
+    if backend is None and scores.dtype not in _FUSED_DTYPES:
+        name = "reference"  # float64 (an oracle's dtype): no fused kernel takes it
+    scores = scores.detach()
+    if name != "reference" and scores.dtype not in _FUSED_DTYPES:
+        raise TypeError(
+            f"scores must be float32, float16 or bfloat16 for backend {name!r} (float64 runs on "
+            f"backend='reference'), got dtype {scores.dtype}"
+        )
+    group = _distributed.group_or_none(process_group)
+    if group is None:
+        return _library.run("sinkhorn", name, scores, epsilon, iterations)
+    if name == "reference":
+        return reference.sinkhorn(scores, epsilon, iterations, group)  # the oracle spreads rows itself
+    colstats = _library.kernel("sinkhorn", name, "sinkhorn_colstats")
+    codes = _library.kernel("sinkhorn", name, "sinkhorn_codes")
+    return _distributed_sinkhorn(scores, epsilon, iterations, group, colstats, codes)

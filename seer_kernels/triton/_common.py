@@ -1,0 +1,90 @@
+"""@triton.jit helpers and launch-configuration helpers shared by the op kernels.
+
+Registers nothing; imports only torch and triton.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def finite_or_zero(m):
+    # The reference's m_safe: a column or row whose max is +-inf or NaN is shifted by 0.
+    return tl.where(m - m == 0.0, m, 0.0)
+
+
+@triton.jit
+def rescale(run_sum, run_max, shift):
+    # sum exp(. - old shift) -> sum exp(. - shift). An empty sum (max -inf) stays 0:
+    # exp(0 - shift) overflows once the new max is below -88, and 0 * inf is NaN.
+    return tl.where(run_sum == 0.0, run_sum, run_sum * tl.exp(finite_or_zero(run_max) - shift))
+
+
+@triton.jit
+def online_logsumexp(run_max, run_sum, z, AXIS: tl.constexpr):
+    # One step of a streamed logsumexp along AXIS of the tile z: the new (max, sum of
+    # exp(z - finite_or_zero(max))), the old sum rescaled to the new shift.
+    new_max = tl.maximum(run_max, tl.max(z, axis=AXIS))
+    shift = finite_or_zero(new_max)
+    run_sum = rescale(run_sum, run_max, shift)
+    if AXIS == 0:
+        run_sum += tl.sum(tl.exp(z - shift[None, :]), axis=0)
+    else:
+        run_sum += tl.sum(tl.exp(z - shift[:, None]), axis=1)
+    return new_max, run_sum
+
+
+@triton.jit
+def as_fp32(x):
+    # Python floats reach a kernel as fp32 scalars from an eager launch and as fp64 from
+    # torch.compile's generated launcher; the kernels compute in fp32 either way.
+    return tl.cast(x, tl.float32)
+
+
+@triton.jit
+def sqrt_rn(x):
+    """IEEE-rounded square root (the default fp32 sqrt is approximate on the GPU;
+    fp64's is exact and sqrt_rn takes fp32 only)."""
+    if x.dtype == tl.float64:
+        root = tl.sqrt(x)
+    else:
+        root = tl.sqrt_rn(x)
+    return root
+
+
+@triton.jit
+def inverse_norm(ss, EPS: tl.constexpr):
+    """1 / max(sqrt(ss), eps) of a sum of squares, IEEE-rounded like the C++ kernels."""
+    clamped = tl.maximum(sqrt_rn(ss), tl.full(ss.shape, EPS, ss.dtype))
+    if ss.dtype == tl.float64:
+        rn = 1.0 / clamped
+    else:
+        rn = tl.div_rn(tl.full(ss.shape, 1.0, ss.dtype), clamped)
+    return rn
+
+
+# --------------------------------------------------------------------- launch helpers
+
+
+def pow2(n: int, lo: int, hi: int) -> int:
+    """The power of two >= n, clamped to [lo, hi] (a block size)."""
+    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
+
+
+def num_warps(block_elements: int) -> int:
+    """Warps for a program holding a tile of `block_elements`: 4 up to 4096, 16 at most."""
+    return max(4, min(16, block_elements // 1024))
+
+
+def target_programs(device: torch.device, interpreted: int) -> int:
+    """Programs that keep the device busy: about two per SM on a GPU; `interpreted`
+    under the interpreter, where each program runs in Python (a few, but more than one,
+    so that the tests exercise the paths that merge or split work across programs)."""
+    if device.type == "cuda":
+        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return interpreted
