@@ -1,7 +1,8 @@
 // The seer_kernels operator schemas, declared once. Kernels live in csrc/cpu/*.cpp
 // (dispatch key CPU) and csrc/cuda/*.cu (dispatch key CUDA); fake (meta) kernels and
-// autograd are registered from Python (seer_kernels/<op>.py). Triton kernels enter as
-// their own ops through torch.library.triton_op (seer_kernels::*_triton).
+// autograd are registered from Python (seer_kernels/ops/<op>.py, through
+// seer_kernels/_library.py). Triton kernels (seer_kernels/triton/<op>.py) enter as their
+// own ops through torch.library.triton_op (seer_kernels::*_triton).
 #include <torch/library.h>
 
 TORCH_LIBRARY(seer_kernels, m) {

@@ -2,7 +2,7 @@
 // log_u update rules, shared by the CPU driver (csrc/cpu/sinkhorn.cpp, on the host) and
 // the CUDA merge kernel (csrc/cuda/sinkhorn.cu, on the device), so the two backends apply
 // one formula with one rounding order. The Triton backend names the same modes
-// MERGE_STATS, MERGE_LSE, MERGE_FIRST and MERGE_UPDATE in seer_kernels/sinkhorn.py: the
+// MERGE_STATS, MERGE_LSE, MERGE_FIRST and MERGE_UPDATE in seer_kernels/triton/sinkhorn.py: the
 // integer values are that contract and must stay equal on both sides.
 #pragma once
 

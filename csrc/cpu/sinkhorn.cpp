@@ -1,6 +1,6 @@
 // CPU kernels of seer_kernels::sinkhorn, sinkhorn_colstats and sinkhorn_codes.
 //
-// Algorithm (the same in every backend; see seer_kernels/sinkhorn.py), log domain, fp32
+// Algorithm (the same in every backend; see seer_kernels/ops/sinkhorn.py), log domain, fp32
 // accumulation whatever the input dtype, L = scores / eps, per-prototype log_u (K,):
 //   pass 0      log_u = -logsumexp_b L[:, k] - log K
 //   pass t      log_u += log(B/K) - logsumexp_b log_softmax_k(L + log_u)[:, k]   (t < T)
