@@ -44,7 +44,7 @@ class ModelConfig:
 
 @dataclass
 class SwAVConfig:
-    temperature: float = 0.1
+    temperature: float = 0.2  # the demo recipe study (docs/demo-recipe.md); SwAV used 0.1 at ImageNet scale
     sinkhorn_iterations: int = 3
     sinkhorn_epsilon: float = 0.05
     # Per-rank queue of past high-resolution embeddings (0 = no queue); it starts filling
