@@ -22,8 +22,15 @@ $(VENV)/.deps: $(BIN)/activate requirements-dev.txt
 venv: $(VENV)/.deps
 
 # Compiles seer_kernels._C (CPU, and CUDA when a toolkit is found) against the venv's torch.
-build: venv
+# The stamp skips the (2-minute) recompile when no C++/CUDA source or build file changed since
+# the last build, so `make demo` after `make test` starts at once; `make -B build` forces one
+# (after changing SEER_KERNELS_CUDA or TORCH_CUDA_ARCH_LIST, say).
+EXT_SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+$(VENV)/.built: $(VENV)/.deps $(EXT_SOURCES)
 	MAX_JOBS=$${MAX_JOBS:-2} $(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
 
 ctest: venv
 	cmake -S . -B build/cmake -G Ninja -DPython3_EXECUTABLE=$(abspath $(PY)) >/dev/null
@@ -64,4 +71,4 @@ bench: build
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf build *.egg-info seer_kernels/_C*.so .pytest_cache
+	rm -rf build *.egg-info seer_kernels/_C*.so .pytest_cache $(VENV)/.built
