@@ -25,7 +25,7 @@ The exported backbone is a plain timm state dict (`backbone.pt`) that
 num_classes=0, **timm_kwargs)` loads, plus `backbone.json` with arch, timm_kwargs and the
 training config. `load_backbone(path)` reads either kind of file.
 
-    python -m seer.checkpoint export runs/default/checkpoints/step_00000770.pt out/backbone.pt
+    python -m seer.checkpoint export runs/default/checkpoints/step_00000420.pt out/backbone.pt
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ class OptimizerConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 55
+    epochs: int = 30
     # Per-rank batch; the global batch is batch_size * world size.
     batch_size: int = 128
     # >0: the schedule is exactly max_steps optimizer steps (overrides epochs).
