@@ -65,6 +65,16 @@ def ceilings(device: torch.device) -> dict:
     }
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine(device: torch.device) -> dict:
     info = {
         "date": dt.date.today().isoformat(),
@@ -73,6 +83,10 @@ def machine(device: torch.device) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "cores": torch.get_num_threads(),
         "device": device.type,
+        # CPU timings depend on the vector ISA more than on anything else listed here
+        # (oneDNN's and our kernels' paths differ between AVX2 and AVX-512 machines).
+        "cpu_model": _cpu_model(),
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
     }
     try:
         import triton
@@ -153,7 +167,8 @@ def speedups(rows: list[dict]) -> list[dict]:
 
 
 def markdown(info: dict, ceil: dict, table: list[dict]) -> str:
-    where = info.get("gpu") or f"{info['cpu']} ({info['cores']} threads)"
+    cpu = ", ".join(x for x in (info["cpu"], info.get("cpu_model"), info.get("cpu_isa")) if x)
+    where = info.get("gpu") or f"{cpu} ({info['cores']} threads)"
     lines = [
         f"Machine: {where}; torch {info['torch']}, triton {info['triton']}; {info['date']}.",
         f"Ceilings measured in the same run: copy {ceil['copy_GBps']:.1f} GB/s, "

@@ -51,7 +51,7 @@ class CenterTapConv2d(nn.Conv2d):
     the output and both gradients are the same (the weight gradient of the other taps is
     zero either way). Why: small inputs (the demo's 32 and 16 px crops) leave a RegNet's
     last stages on 1 x 1 maps, where oneDNN's weight gradient of the grouped 3 x 3 conv
-    (8 channels per group) falls back to im2col + GEMM on AVX2 CPUs: 25-30 ms for
+    (8 channels per group) falls back to im2col + GEMM on an AVX2 CPU (ONEDNN_VERBOSE): 25-30 ms for
     (512, 368, 1, 1) against 5.7 ms for the center tap, measured on 1 thread; it was a
     third of the demo's training step there. Other inputs take nn.Conv2d's path."""
 
