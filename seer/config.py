@@ -146,8 +146,8 @@ class TrainConfig:
     skip_nonfinite: bool = False
     # Deterministic algorithms (CPU runs are then bitwise reproducible, resume included).
     deterministic: bool = False
-    # torch intra-op threads (0 = torch's default). One was steadier on a shared 2-core box.
-    threads: int = 1
+    # torch intra-op threads (0 = torch's default, one per core; 1 on cores shared with other jobs).
+    threads: int = 0
     log_every: int = 10
     # Steps at the start of every session left out of the steady-state images/s and timed
     # apart (compilation, cudnn autotuning, allocator growth, the first DataLoader batches).
