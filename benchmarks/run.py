@@ -83,8 +83,8 @@ def machine(device: torch.device) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "cores": torch.get_num_threads(),
         "device": device.type,
-        # CPU timings depend on the vector ISA more than on anything else listed here
-        # (oneDNN's and our kernels' paths differ between AVX2 and AVX-512 machines).
+        # CPU timings differ between machines with the CPU and its vector ISA (oneDNN's and
+        # our kernels' paths differ between AVX2 and AVX-512), so results name both.
         "cpu_model": _cpu_model(),
         "cpu_isa": torch.backends.cpu.get_cpu_capability(),
     }
