@@ -70,7 +70,7 @@ def _impl(name: str):
         return reference.sinkhorn
     if name == "reference_compiled":
         return _compiled_reference
-    return lambda s, eps, iters: sk.sinkhorn(s, eps, iters, backend=name)
+    return lambda s, eps, iters: sk.sinkhorn(s, epsilon=eps, iterations=iters, backend=name)
 
 
 def _sync() -> None:

@@ -55,8 +55,11 @@ def finite(name: str, value: torch.Tensor) -> None:
 
 
 def sinkhorn_args(scores, epsilon, iterations) -> tuple[float, int]:
-    tensor("scores", scores, 2, "(B, K)")
-    nonempty("scores", scores, "(B, K)")
+    # (B, K), or (A, B, K): A crops, each its own problem.
+    ndim = scores.dim() if isinstance(scores, torch.Tensor) and scores.dim() in (2, 3) else 2
+    layout = "(B, K)" if ndim == 2 else "(A, B, K)"
+    tensor("scores", scores, ndim, "(B, K) or 3-D (A, B, K)" if ndim == 2 else layout)
+    nonempty("scores", scores, layout)
     return positive("epsilon", epsilon), count("iterations", iterations)
 
 

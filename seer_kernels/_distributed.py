@@ -28,12 +28,13 @@ def global_rows(rows: int, device: torch.device, group) -> torch.Tensor:
 
 
 def combine_colstats(stats: torch.Tensor, group) -> torch.Tensor:
-    """(2, K) local [max, sum exp(x - max)] per column -> global per-column logsumexp (K,).
+    """(..., 2, K) local [max, sum exp(x - max)] per column -> global per-column
+    logsumexp (..., K); the leading dimension, when there is one, holds independent crops.
 
     One all_gather of 2*K floats per rank: the per-rank maxima differ, so summing the
     sums needs every rank's maximum; gathering both keeps it to a single collective."""
     if group is None:
-        return stats[0] + torch.log(stats[1])
+        return stats.select(-2, 0) + torch.log(stats.select(-2, 1))
     world = dist.get_world_size(group)
     # Gather into a flat (world * 2, K) buffer: gloo accepts only the concatenated layout
     # (NCCL also takes a stacked (world, 2, K) one).
@@ -42,7 +43,8 @@ def combine_colstats(stats: torch.Tensor, group) -> torch.Tensor:
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     gather(flat, stats.contiguous(), group=group)
     gathered = flat.view(world, *stats.shape)
-    m = gathered[:, 0].amax(dim=0)
+    shifts, sums = gathered.select(-2, 0), gathered.select(-2, 1)
+    m = shifts.amax(dim=0)
     m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    s = (gathered[:, 1] * torch.exp(gathered[:, 0] - m_safe)).sum(dim=0)
+    s = (sums * torch.exp(shifts - m_safe)).sum(dim=0)
     return m_safe + torch.log(s)

@@ -37,7 +37,7 @@ def cases() -> dict[str, tuple[Callable[[str], torch.Tensor], Callable[[], torch
     codes = torch.softmax(torch.randn(2, 256, 3000) / 0.05, dim=-1)
     return {
         "sinkhorn": (
-            lambda b: sk.sinkhorn(scores, 0.05, 3, backend=b),
+            lambda b: sk.sinkhorn(scores, epsilon=0.05, iterations=3, backend=b),
             lambda: reference.sinkhorn(scores.double(), 0.05, 3),
         ),
         "prototype_scores": (

@@ -57,7 +57,9 @@ def lightly_sinkhorn(
 ) -> torch.Tensor:
     """lightly.loss.swav_loss.sinkhorn's signature (note: iterations before epsilon) on
     the fused Sinkhorn. Returns the codes in `out`'s dtype, as lightly does."""
-    codes = sinkhorn(out, epsilon, iterations, process_group=gather_group(gather_distributed))
+    codes = sinkhorn(
+        out, epsilon=epsilon, iterations=iterations, process_group=gather_group(gather_distributed)
+    )
     return codes.to(out.dtype)
 
 
@@ -81,7 +83,7 @@ class SoloSinkhornKnopp(nn.Module):
     def forward(self, Q: torch.Tensor) -> torch.Tensor:  # noqa: N803 (solo-learn's name)
         group_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         group = "world" if group_size > 1 else None
-        codes = sinkhorn(Q, self.epsilon, self.num_iters, process_group=group)
+        codes = sinkhorn(Q, epsilon=self.epsilon, iterations=self.num_iters, process_group=group)
         if self.num_iters == 0 and self.world_size != group_size:
             codes = codes * (self.world_size / group_size)
         return codes.to(Q.dtype)

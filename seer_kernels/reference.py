@@ -22,17 +22,19 @@ from seer_kernels._dtypes import accumulation_dtype
 
 
 def _col_logsumexp(x: torch.Tensor, group) -> torch.Tensor:
-    m = x.amax(dim=0)
+    """(..., B, K) -> (..., K): logsumexp over the rows of every crop, across ranks."""
+    m = x.amax(dim=-2)
     m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    s = torch.exp(x - m_safe).sum(dim=0)
-    return _distributed.combine_colstats(torch.stack([m_safe, s]), group)
+    s = torch.exp(x - m_safe.unsqueeze(-2)).sum(dim=-2)
+    return _distributed.combine_colstats(torch.stack([m_safe, s], dim=-2), group)
 
 
 @torch.no_grad()
 def sinkhorn(
     scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, process_group=None
 ) -> torch.Tensor:
-    """SwAV's Sinkhorn-Knopp codes of `scores` (B, K), in the log domain.
+    """SwAV's Sinkhorn-Knopp codes of `scores` (B, K), in the log domain; (A, B, K)
+    scores are A independent problems (one per assignment crop).
 
     SwAV: Q = exp(scores / eps)^T (K x B), Q /= sum(Q); `iterations` times {each
     prototype row to 1/K, each sample column to 1/B}; return (Q * B)^T. With Q[k, b] =
@@ -44,17 +46,17 @@ def sinkhorn(
     group = _distributed.group_or_none(process_group)
     dtype = accumulation_dtype(scores.dtype)
     logits = scores.to(dtype) / epsilon
-    k = logits.shape[1]
-    b_total = _distributed.global_rows(logits.shape[0], logits.device, group).to(dtype)
+    k = logits.shape[-1]
+    b_total = _distributed.global_rows(logits.shape[-2], logits.device, group).to(dtype)
     if iterations == 0:
-        # Only the total normalization: B * exp(L) / sum(exp(L)).
-        total = torch.logsumexp(_col_logsumexp(logits, group), dim=0)
-        return torch.exp(logits - total + torch.log(b_total))
+        # Only the total normalization: B * exp(L) / sum(exp(L)), per crop.
+        total = torch.logsumexp(_col_logsumexp(logits, group), dim=-1)
+        return torch.exp(logits - total[..., None, None] + torch.log(b_total))
     log_u = -_col_logsumexp(logits, group) - math.log(k)
     for _ in range(iterations - 1):
-        log_p = torch.log_softmax(logits + log_u, dim=1)
+        log_p = torch.log_softmax(logits + log_u.unsqueeze(-2), dim=-1)
         log_u = log_u + torch.log(b_total) - math.log(k) - _col_logsumexp(log_p, group)
-    return torch.softmax(logits + log_u, dim=1)
+    return torch.softmax(logits + log_u.unsqueeze(-2), dim=-1)
 
 
 @torch.no_grad()

@@ -167,7 +167,9 @@ def swav_codes(
         rows = assign_scores[a].detach()
         if queue is not None:
             rows = torch.cat((rows, queue[a].detach().to(rows.dtype)))
-        q = sinkhorn(rows, epsilon, iterations, process_group=process_group, backend=backend)
+        q = sinkhorn(
+            rows, epsilon=epsilon, iterations=iterations, process_group=process_group, backend=backend
+        )
         codes.append(q[:b])
     return torch.stack(codes)
 

@@ -106,7 +106,7 @@ def runnable_backends() -> list[str]:
         try:
             s = torch.randn(2, 4, 3, requires_grad=True)
             seer_kernels.swav_cross_entropy(s, torch.rand(1, 4, 3), 0.1, backend=name).backward()
-            seer_kernels.sinkhorn(torch.randn(4, 3), 0.05, 1, backend=name)
+            seer_kernels.sinkhorn(torch.randn(4, 3), epsilon=0.05, iterations=1, backend=name)
             seer_kernels.prototype_scores(torch.randn(4, 5), torch.randn(3, 5), backend=name)
         except (NotImplementedError, NameError):
             continue
@@ -408,9 +408,9 @@ def test_lightly_prototypes_normalize(backend):
 @pytest.mark.parametrize("iterations", [0, 3, 10])
 def test_swav_repo_distributed_sinkhorn_single_process(backend, dtype, iterations):
     """SwAV's `distributed_sinkhorn(out)` with args.epsilon, args.sinkhorn_iterations and
-    world_size 1 is seer_kernels.sinkhorn(out, epsilon, iterations) (float32 codes)."""
+    world_size 1 is seer_kernels.sinkhorn(out, epsilon=epsilon, iterations=iterations) (float32 codes)."""
     scores = cosine_scores(B + 30, K, seed=iterations).to(dtype)
-    ours = seer_kernels.sinkhorn(scores, 0.03, iterations)
+    ours = seer_kernels.sinkhorn(scores, epsilon=0.03, iterations=iterations)
     assert ours.dtype == torch.float32
     same = plain_sinkhorn(scores, iterations, 0.03)
     check(ours, same, plain_sinkhorn(scores.double(), iterations, 0.03), dtype, "SwAV sinkhorn")
@@ -517,7 +517,7 @@ def _ranked_checks(rank: int) -> None:
         oracle = plain_sinkhorn(mine.double(), num_iters, 0.05, scale_rows=rows, reduce=_all_reduce)
         check(ours, same, oracle, torch.float32, f"solo SinkhornKnopp rank {rank}")
         # The SwAV repository's distributed_sinkhorn(out): B = rows x args.world_size.
-        ours = seer_kernels.sinkhorn(mine, 0.05, num_iters, process_group="world")
+        ours = seer_kernels.sinkhorn(mine, epsilon=0.05, iterations=num_iters, process_group="world")
         check(ours, same, oracle, torch.float32, f"SwAV distributed_sinkhorn rank {rank}")
         # lightly: sinkhorn(out, iterations, epsilon, gather_distributed=True).
         ours = lightly_sinkhorn(mine, num_iters, 0.05, True)

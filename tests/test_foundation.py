@@ -176,15 +176,33 @@ S3 = torch.rand(3, 4, 5)
 C3 = torch.rand(2, 4, 5)
 
 BAD_CALLS = [
-    (lambda: sk.sinkhorn(torch.rand(4), 0.05, 3), ValueError, r"scores must be a 2-D \(B, K\).*\(4,\)"),
-    (lambda: sk.sinkhorn([[1.0]], 0.05, 3), TypeError, "scores must be a torch.Tensor, got list"),
+    (
+        lambda: sk.sinkhorn(torch.rand(4), epsilon=0.05, iterations=3),
+        ValueError,
+        r"scores must be a 2-D \(B, K\).*\(4,\)",
+    ),
+    (
+        lambda: sk.sinkhorn([[1.0]], epsilon=0.05, iterations=3),
+        TypeError,
+        "scores must be a torch.Tensor, got list",
+    ),
     (lambda: sk.sinkhorn(torch.ones(4, 3, dtype=torch.long)), TypeError, "scores must be a floating.*int64"),
     (lambda: sk.sinkhorn(torch.rand(0, 3)), ValueError, "scores must not be empty"),
-    (lambda: sk.sinkhorn(S2, 0.0, 3), ValueError, "epsilon must be a finite number > 0, got 0.0"),
-    (lambda: sk.sinkhorn(S2, -1, 3), ValueError, "epsilon must be .* got -1"),
-    (lambda: sk.sinkhorn(S2, float("nan"), 3), ValueError, "epsilon must be"),
-    (lambda: sk.sinkhorn(S2, 0.05, -1), ValueError, "iterations must be >= 0, got -1"),
-    (lambda: sk.sinkhorn(S2, 0.05, 2.5), TypeError, "iterations must be an int, got float"),
+    (
+        lambda: sk.sinkhorn(S2, epsilon=0.0, iterations=3),
+        ValueError,
+        "epsilon must be a finite number > 0, got 0.0",
+    ),
+    (lambda: sk.sinkhorn(S2, epsilon=-1, iterations=3), ValueError, "epsilon must be .* got -1"),
+    (lambda: sk.sinkhorn(S2, epsilon=float("nan"), iterations=3), ValueError, "epsilon must be"),
+    (lambda: sk.sinkhorn(S2, epsilon=0.05, iterations=-1), ValueError, "iterations must be >= 0, got -1"),
+    (
+        lambda: sk.sinkhorn(S2, epsilon=0.05, iterations=2.5),
+        TypeError,
+        "iterations must be an int, got float",
+    ),
+    # lightly's sinkhorn(out, iterations, epsilon) orders the two the other way: keyword-only.
+    (lambda: sk.sinkhorn(S2, 3, 10), TypeError, "positional argument"),
     (lambda: sk.prototype_scores(torch.rand(4, 3), torch.rand(5, 2)), ValueError, "same feature size D"),
     (
         lambda: sk.prototype_scores(torch.rand(4, 3, 1), torch.rand(5, 3)),

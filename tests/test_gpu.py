@@ -47,7 +47,7 @@ def _exact_fp32_matmul():
 )
 def test_sinkhorn_gpu(backend, dtype, b, k, iters, eps):
     scores = cosines(b, k, dtype=dtype)
-    out = sk.sinkhorn(scores, eps, iters, backend=backend)
+    out = sk.sinkhorn(scores, epsilon=eps, iterations=iters, backend=backend)
     oracle = reference.sinkhorn(scores.double(), eps, iters)
     same = reference.sinkhorn(scores, eps, iters)
     assert_close_rule(out, same, oracle, torch.float32, floor=2e-6, what=f"sinkhorn {backend}")
@@ -81,7 +81,9 @@ def test_prototype_scores_gpu(backend, dtype, n, d, k):
 )
 def test_swav_cross_entropy_gpu(backend, dtype, v, a, b, k, t):
     scores = cosines(v, b, k, dtype=dtype, seed=2).requires_grad_()
-    codes = sk.sinkhorn(cosines(a, b, k, seed=3).reshape(a * b, k), 0.05, 3).reshape(a, b, k)
+    codes = sk.sinkhorn(cosines(a, b, k, seed=3).reshape(a * b, k), epsilon=0.05, iterations=3).reshape(
+        a, b, k
+    )
     loss = sk.swav_cross_entropy(scores, codes, t, backend=backend)
     (grad,) = torch.autograd.grad(loss, scores)
     same = reference.swav_cross_entropy(scores, codes, t)
@@ -101,7 +103,7 @@ def test_autocast_bf16(backend):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         z = e @ w  # bf16 under autocast
         scores = sk.prototype_scores(z, p.to(z.dtype), backend=backend)
-        codes = sk.sinkhorn(scores, 0.05, 3, backend=backend)
+        codes = sk.sinkhorn(scores, epsilon=0.05, iterations=3, backend=backend)
         crops = scores.reshape(2, 128, 3000)
         loss = sk.swav_cross_entropy(crops, codes.reshape(2, 128, 3000)[:1], 0.1, backend=backend)
     assert codes.dtype == torch.float32 and loss.dtype == torch.float32
@@ -113,7 +115,7 @@ def test_autocast_bf16(backend):
 def test_compile_fullgraph_gpu(backend):
     def step(e, p):
         scores = sk.prototype_scores(e, p, backend=backend)
-        codes = sk.sinkhorn(scores.detach(), 0.05, 3, backend=backend)
+        codes = sk.sinkhorn(scores.detach(), epsilon=0.05, iterations=3, backend=backend)
         crops = scores.reshape(2, -1, scores.shape[1])
         return sk.swav_cross_entropy(crops, codes.reshape(2, -1, scores.shape[1])[:1], 0.1, backend=backend)
 

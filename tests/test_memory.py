@@ -131,7 +131,7 @@ OP_SCRIPT = textwrap.dedent(
     if op == "sinkhorn":
         sinkhorn(torch.randn(64, 1024), backend="cpu")  # threads and kernels set up first
         scores = torch.randn(n, k, generator=g)
-        _, peaks["forward"] = phase(lambda: sinkhorn(scores, 0.05, 3, backend="cpu"))
+        _, peaks["forward"] = phase(lambda: sinkhorn(scores, epsilon=0.05, iterations=3, backend="cpu"))
     elif op == "prototype_scores":
         e0, p0 = torch.randn(8, d, requires_grad=True), torch.randn(32, d, requires_grad=True)
         # backward(grad) as measured below: the first call with an explicit gradient

@@ -63,7 +63,7 @@ def test_sinkhorn_properties(backend):
     )
     def check(data, b, k, eps, iterations, dtype, how):
         scores = layout(cosine_like(data, (b, k), dtype), how)
-        codes = sk.sinkhorn(scores, eps, iterations, backend=backend)
+        codes = sk.sinkhorn(scores, epsilon=eps, iterations=iterations, backend=backend)
         assert codes.dtype == torch.float32 and codes.shape == (b, k)
         assert torch.isfinite(codes).all()
         oracle = reference.sinkhorn(scores.double(), eps, iterations)
@@ -84,7 +84,7 @@ def test_sinkhorn_balances_columns(backend):
     @given(data=st.data(), b=st.integers(2, 40), k=st.integers(1, 12))
     def check(data, b, k):
         scores = cosine_like(data, (b, k), torch.float32)
-        codes = sk.sinkhorn(scores, 0.5, 60, backend=backend)
+        codes = sk.sinkhorn(scores, epsilon=0.5, iterations=60, backend=backend)
         torch.testing.assert_close(codes.sum(0), torch.full((k,), b / k), rtol=1e-3, atol=1e-4)
 
     check()

@@ -106,7 +106,11 @@ LARGE = [
 def test_cpu_small_grid(b, k, iters, eps, dtype):
     s = _scores(b, k, dtype, seed=b * 31 + k)
     _check(
-        sk.sinkhorn(s, eps, iters, backend="cpu"), s, eps, iters, f"cpu {b}x{k} T={iters} eps={eps} {dtype}"
+        sk.sinkhorn(s, epsilon=eps, iterations=iters, backend="cpu"),
+        s,
+        eps,
+        iters,
+        f"cpu {b}x{k} T={iters} eps={eps} {dtype}",
     )
 
 
@@ -115,7 +119,11 @@ def test_cpu_small_grid(b, k, iters, eps, dtype):
 def test_cpu_issue_grid(b, k, iters, eps, dtype):
     s = _scores(b, k, dtype, seed=b + k)
     _check(
-        sk.sinkhorn(s, eps, iters, backend="cpu"), s, eps, iters, f"cpu {b}x{k} T={iters} eps={eps} {dtype}"
+        sk.sinkhorn(s, epsilon=eps, iterations=iters, backend="cpu"),
+        s,
+        eps,
+        iters,
+        f"cpu {b}x{k} T={iters} eps={eps} {dtype}",
     )
 
 
@@ -133,7 +141,7 @@ def test_cpu_lower_instruction_sets(capability):
                                   (33, 1000, 0, 0.03, torch.bfloat16), (9, 20, 1, 0.5, torch.float32)]:
             g = torch.Generator().manual_seed(b)
             s = (torch.randn(b, k, generator=g) * 0.3).to(dt)
-            out = sk.sinkhorn(s, eps, it, backend="cpu")
+            out = sk.sinkhorn(s, epsilon=eps, iterations=it, backend="cpu")
             assert_close_rule(out, reference.sinkhorn(s, eps, it), reference.sinkhorn(s.double(), eps, it),
                               dt, floor=2e-6, what=f"{b}x{k}")
         print(torch.backends.cpu.get_cpu_capability())
@@ -154,9 +162,9 @@ def test_cpu_threads_do_not_change_the_result():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = sk.sinkhorn(s, 0.05, 3, backend="cpu")
+        one = sk.sinkhorn(s, epsilon=0.05, iterations=3, backend="cpu")
         torch.set_num_threads(2)
-        two = sk.sinkhorn(s, 0.05, 3, backend="cpu")
+        two = sk.sinkhorn(s, epsilon=0.05, iterations=3, backend="cpu")
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, two)
@@ -181,7 +189,7 @@ TRITON_GRID = [
 def test_triton_grid(b, k, iters, eps, dtype):
     s = _scores(b, k, dtype, seed=b * 7 + k)
     what = f"triton {b}x{k} T={iters} eps={eps} {dtype}"
-    _check(sk.sinkhorn(s, eps, iters, backend="triton"), s, eps, iters, what)
+    _check(sk.sinkhorn(s, epsilon=eps, iterations=iters, backend="triton"), s, eps, iters, what)
 
 
 @needs_triton
@@ -241,7 +249,7 @@ def _needs_gpu_backend(backend: str) -> None:
 def test_gpu_grid(backend, b, k, iters, eps, dtype):
     _needs_gpu_backend(backend)
     s = _scores(b, k, dtype, seed=b + k)
-    codes = sk.sinkhorn(s.cuda(), eps, iters, backend=backend).cpu()
+    codes = sk.sinkhorn(s.cuda(), epsilon=eps, iterations=iters, backend=backend).cpu()
     _check(codes, s, eps, iters, f"{backend} {b}x{k} T={iters} eps={eps} {dtype}")
 
 
@@ -262,12 +270,12 @@ def test_gpu_no_host_sync(backend):
     """The fused op only launches kernels: no host synchronization anywhere in it."""
     _needs_gpu_backend(backend)
     s = _scores(512, 300, seed=1).cuda()
-    sk.sinkhorn(s, 0.05, 3, backend=backend)  # compile / load outside the check
+    sk.sinkhorn(s, epsilon=0.05, iterations=3, backend=backend)  # compile / load outside the check
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        sk.sinkhorn(s, 0.05, 3, backend=backend)
-        sk.sinkhorn(s, 0.05, 0, backend=backend)
+        sk.sinkhorn(s, epsilon=0.05, iterations=3, backend=backend)
+        sk.sinkhorn(s, epsilon=0.05, iterations=0, backend=backend)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -328,7 +336,7 @@ def test_adversarial_inputs(backend, device, case):
     sum to 1, and it matches float64."""
     s, eps = _adversarial()[case]
     for iters in (1, 3):
-        codes = sk.sinkhorn(s.to(device), eps, iters, backend=backend).cpu()
+        codes = sk.sinkhorn(s.to(device), epsilon=eps, iterations=iters, backend=backend).cpu()
         _rows_sum_to_one(codes, f"{backend} {case} T={iters}")
         _check(codes, s, eps, iters, f"{backend} {case} T={iters}")
 
@@ -351,7 +359,7 @@ def test_nan_propagates(backend, device, iters):
     wrong answer), the same on every backend."""
     s = _scores(9, 20, seed=2)
     s[4, 5] = float("nan")
-    codes = sk.sinkhorn(s.to(device), 0.05, iters, backend=backend)
+    codes = sk.sinkhorn(s.to(device), epsilon=0.05, iterations=iters, backend=backend)
     assert torch.isnan(codes).all()
 
 
@@ -361,7 +369,7 @@ def test_inf_gives_nan(backend, device, iters):
     """+inf makes inf - inf appear: NaN where the reference has NaN, never all finite."""
     s = _scores(9, 20, seed=2)
     s[4, 5] = float("inf")
-    codes = sk.sinkhorn(s.to(device), 0.05, iters, backend=backend).cpu()
+    codes = sk.sinkhorn(s.to(device), epsilon=0.05, iterations=iters, backend=backend).cpu()
     expected = reference.sinkhorn(s, 0.05, iters)
     assert torch.isnan(codes).any()
     assert torch.equal(torch.isnan(codes), torch.isnan(expected))
@@ -373,7 +381,7 @@ def test_check_finite_raises(backend, device, bad):
     s = _scores(9, 20, seed=2)
     s[1, 2] = bad
     with pytest.raises(ValueError, match="scores contains 1 non-finite"):
-        sk.sinkhorn(s.to(device), 0.05, 3, backend=backend, check_finite=True)
+        sk.sinkhorn(s.to(device), epsilon=0.05, iterations=3, backend=backend, check_finite=True)
 
 
 # ---------------------------------------------------------------------- distributed
@@ -404,8 +412,17 @@ def _distributed_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         mine = full[start : start + _rank_rows()[rank]]
         backends = ["reference"] + (["cpu"] if "cpu" in _backend.available_backends("cpu") else [])
         results = {}
+        crops = torch.stack([full, _scores(sum(_rank_rows()), 23, seed=10)])[
+            :, start : start + _rank_rows()[rank]
+        ]
         for backend, iters in itertools.product(backends, (0, 1, 3)):
-            results[(backend, iters)] = sk.sinkhorn(mine, 0.03, iters, process_group="world", backend=backend)
+            results[(backend, iters)] = sk.sinkhorn(
+                mine, epsilon=0.03, iterations=iters, process_group="world", backend=backend
+            )
+            # (A, B, K): each crop its own problem, its rows spread over the ranks.
+            results[(backend, iters, "crops")] = sk.sinkhorn(
+                crops, epsilon=0.03, iterations=iters, process_group="world", backend=backend
+            )
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -428,13 +445,46 @@ def test_distributed_two_gloo_ranks(tmp_path):
             if proc.is_alive():
                 proc.kill()
     full = _scores(sum(_rank_rows()), 23, seed=9)
+    crops = torch.stack([full, _scores(sum(_rank_rows()), 23, seed=10)])
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for key in ranks[0]:
-        backend, iters = key
-        expected = sk.sinkhorn(full, 0.03, iters, backend=backend)
-        got = torch.cat([ranks[0][key], ranks[1][key]])
+        backend, iters = key[:2]
+        expected = sk.sinkhorn(
+            crops if len(key) == 3 else full, epsilon=0.03, iterations=iters, backend=backend
+        )
+        got = torch.cat([ranks[0][key], ranks[1][key]], dim=-2)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-6, msg=lambda m, key=key: f"{key}: {m}")
-    assert len(ranks[0]) >= 3
+    assert len(ranks[0]) >= 6
+
+
+# ------------------------------------------------------------------ (A, B, K) crops
+
+
+@pytest.mark.parametrize(("backend", "device"), ALL_TARGETS)
+@pytest.mark.parametrize(
+    ("a", "b", "k", "iters"), [(1, 7, 5, 3), (2, 9, 13, 0), (2, 33, 257, 3), (3, 5, 3, 10)]
+)
+def test_crops_are_independent_problems(backend, device, a, b, k, iters):
+    """(A, B, K) scores give each crop's (B, K) codes, as A separate calls would; the
+    oracle of each crop is the float64 reference on that crop alone."""
+    scores = torch.stack([_scores(b, k, seed=20 + i) for i in range(a)])
+    codes = sk.sinkhorn(scores.to(device), epsilon=0.05, iterations=iters, backend=backend).cpu()
+    assert codes.shape == scores.shape and codes.dtype == torch.float32
+    for i in range(a):
+        _check(codes[i], scores[i], 0.05, iters, f"{backend} crop {i} of {a}, {b}x{k} T={iters}")
+    oracle = reference.sinkhorn(scores.double(), 0.05, iters)
+    torch.testing.assert_close(
+        oracle, torch.stack([reference.sinkhorn(s.double(), 0.05, iters) for s in scores])
+    )
+
+
+def test_crops_bad_shape():
+    with pytest.raises(ValueError, match=r"scores must not be empty, got \(A, B, K\) shape \(2, 0, 3\)"):
+        sk.sinkhorn(torch.zeros(2, 0, 3))
+    with pytest.raises(
+        ValueError, match=r"scores must be a 2-D \(B, K\) or 3-D \(A, B, K\) tensor.*\(1, 2, 3, 4\)"
+    ):
+        sk.sinkhorn(torch.zeros(1, 2, 3, 4))
 
 
 # ------------------------------------------------------------- compile and opcheck
@@ -445,7 +495,7 @@ def test_torch_compile_fullgraph_cpu():
     torch._dynamo.reset()
 
     def fn(s):
-        return sk.sinkhorn(s, 0.05, 3, backend="cpu")
+        return sk.sinkhorn(s, epsilon=0.05, iterations=3, backend="cpu")
 
     s = _scores(64, 100, seed=4)
     compiled = torch.compile(fn, fullgraph=True)
@@ -492,7 +542,8 @@ def test_non_contiguous_input(backend, device):
     strided = s.t().contiguous().t()
     assert not strided.is_contiguous()
     torch.testing.assert_close(
-        sk.sinkhorn(strided, 0.05, 3, backend=backend), sk.sinkhorn(s, 0.05, 3, backend=backend)
+        sk.sinkhorn(strided, epsilon=0.05, iterations=3, backend=backend),
+        sk.sinkhorn(s, epsilon=0.05, iterations=3, backend=backend),
     )
 
 
@@ -501,7 +552,7 @@ def test_codes_carry_no_gradient(backend, device):
     """SwAV computes codes under no_grad; the op detaches its input, so the codes are
     leaves without grad_fn and backward through them is an error, by design."""
     s = _scores(8, 5, seed=1).to(device).requires_grad_()
-    codes = sk.sinkhorn(s, 0.05, 3, backend=backend)
+    codes = sk.sinkhorn(s, epsilon=0.05, iterations=3, backend=backend)
     assert not codes.requires_grad and codes.grad_fn is None
     with pytest.raises(RuntimeError, match="does not require grad"):
         codes.sum().backward()
@@ -510,7 +561,11 @@ def test_codes_carry_no_gradient(backend, device):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"scores": torch.zeros(4)}, ValueError, r"scores must be a 2-D \(B, K\) tensor, got shape \(4,\)"),
+        (
+            {"scores": torch.zeros(4)},
+            ValueError,
+            r"scores must be a 2-D \(B, K\) or 3-D \(A, B, K\) tensor, got shape \(4,\)",
+        ),
         ({"scores": torch.zeros(4, 3, dtype=torch.int64)}, TypeError, "scores must be a floating-point"),
         ({"scores": [[0.0]]}, TypeError, "scores must be a torch.Tensor, got list"),
         ({"scores": torch.zeros(0, 3)}, ValueError, "scores must not be empty"),
@@ -560,7 +615,7 @@ def test_unpopular_prototype_column_below_exp_range(backend, b, iterations):
     g = torch.Generator().manual_seed(b)
     scores = torch.rand(b, 6, generator=g) * 2 - 1
     scores[:, 2] = -1.0
-    out = sk.sinkhorn(scores, 0.01, iterations, backend=backend)
+    out = sk.sinkhorn(scores, epsilon=0.01, iterations=iterations, backend=backend)
     oracle = reference.sinkhorn(scores.double(), 0.01, iterations)
     assert torch.isfinite(out).all()
     assert (out.double() - oracle).abs().max() <= 2e-5 * max(1.0, oracle.abs().max().item())

@@ -41,7 +41,7 @@ def runnable_backends(device: str = "cpu") -> list[str]:
     out = []
     for name in seer_kernels.available_backends(device):
         try:
-            seer_kernels.sinkhorn(torch.randn(4, 3), 0.05, 1, backend=name)
+            seer_kernels.sinkhorn(torch.randn(4, 3), epsilon=0.05, iterations=1, backend=name)
             e = torch.randn(4, 5, requires_grad=True)
             seer_kernels.prototype_scores(e, torch.randn(3, 5), backend=name).sum().backward()
             s = torch.randn(2, 4, 3, requires_grad=True)
@@ -162,7 +162,7 @@ def test_loss_and_grads_match_lightly(backend, with_queue):
 def test_sinkhorn_matches_lightly(backend, iterations, shape):
     """Our fused sinkhorn (the one SwAVLoss calls) vs lightly.loss.swav_loss.sinkhorn."""
     scores = cosine_scores(*shape, seed=3)
-    ours = seer_kernels.sinkhorn(scores, 0.05, iterations, backend=backend)
+    ours = seer_kernels.sinkhorn(scores, epsilon=0.05, iterations=iterations, backend=backend)
     theirs = lightly_loss.sinkhorn(scores, iterations=iterations, epsilon=0.05)
     oracle = lightly_loss.sinkhorn(scores.double(), iterations=iterations, epsilon=0.05)
     assert_close_rule(ours, theirs, oracle, torch.float32, what=f"sinkhorn it={iterations}")
@@ -221,7 +221,9 @@ def test_tensor_first_form_equals_module(backend):
     after = swav_codes(stacked[:2], queue_scores=queue, backend=backend)
     before = torch.stack(
         [
-            seer_kernels.sinkhorn(torch.cat((queue[a], stacked[a].detach())), 0.05, 3, backend=backend)[12:]
+            seer_kernels.sinkhorn(
+                torch.cat((queue[a], stacked[a].detach())), epsilon=0.05, iterations=3, backend=backend
+            )[12:]
             for a in range(2)
         ]
     )

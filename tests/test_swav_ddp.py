@@ -57,7 +57,12 @@ def _check_loss(rank: int, backend: str) -> None:
     # Distributed codes of this rank's rows == single-process codes of all rows, sliced.
     got = swav_codes(mine[:2], queue_scores=q, process_group="world", backend=backend)
     full = torch.stack(
-        [seer_kernels.sinkhorn(torch.cat((scores[a], queue[a])), 0.05, 3, backend=backend) for a in range(2)]
+        [
+            seer_kernels.sinkhorn(
+                torch.cat((scores[a], queue[a])), epsilon=0.05, iterations=3, backend=backend
+            )
+            for a in range(2)
+        ]
     )
     rows = torch.cat((_shard(full[:, : WORLD * b], rank), _shard(full[:, WORLD * b :], rank)), dim=1)
     torch.testing.assert_close(got, rows[:, :b], rtol=1e-5, atol=1e-7)

@@ -20,7 +20,8 @@ no_grad), so backward through codes raises "does not require grad".
 Non-finite input, the same on every backend: a NaN score makes every code NaN; +inf
 gives NaN where inf - inf appears (never a finite wrong answer); `check_finite=True`
 raises a ValueError instead (one device sync). Fused backends take fp32/bf16/fp16 and
-return fp32; float64 runs on backend="reference" only.
+return fp32; float64 runs on backend="reference" only (the default for float64 scores),
+which returns float64.
 
 Memory, CPU backend (measured at K = 65536 by tests/test_memory.py): besides the (B, K)
 fp32 codes (whole 2 MiB pages from 4 MiB on), at most (2 C + 8 T + 5) Kp fp32 values, for
@@ -47,7 +48,8 @@ def _fake_sinkhorn(scores, epsilon, iterations):
 
 
 def _fake_colstats(scores, log_u, epsilon, normalize_rows):
-    return scores.new_empty((2, scores.shape[1]), dtype=torch.float32)
+    # (B, K) -> (2, K); (A, B, K) -> (A, 2, K).
+    return scores.new_empty((*scores.shape[:-2], 2, scores.shape[-1]), dtype=torch.float32)
 
 
 def _fake_codes(scores, log_u, epsilon, normalize_rows):
@@ -67,17 +69,18 @@ _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def _distributed_sinkhorn(scores, epsilon, iterations, group, colstats, codes):
     """The same passes as the fused op, with each pass's K-vector of column statistics
-    combined across ranks (one all_gather per half-iteration, no host sync)."""
-    k = scores.shape[1]
+    (one per crop for (A, B, K) scores) combined across ranks: one all_gather per
+    half-iteration, no host sync."""
+    k = scores.shape[-1]
     log_k = math.log(k)
-    zeros = torch.zeros(k, dtype=torch.float32, device=scores.device)
-    rows = _distributed.global_rows(scores.shape[0], scores.device, group).float()
+    zeros = scores.new_zeros((*scores.shape[:-2], k), dtype=torch.float32)
+    rows = _distributed.global_rows(scores.shape[-2], scores.device, group).float()
     log_b = torch.log(rows)
     col = _distributed.combine_colstats(colstats(scores, zeros, epsilon, False), group)
     if iterations == 0:
         # B * exp(L - total), as the single-process kernels compute it.
-        total = torch.logsumexp(col, dim=0)
-        return codes(scores, (-total).expand(k).contiguous(), epsilon, False) * rows
+        total = torch.logsumexp(col, dim=-1, keepdim=True)
+        return codes(scores, (-total).expand_as(col).contiguous(), epsilon, False) * rows
     log_u = -col - log_k
     for _ in range(iterations - 1):
         stats = colstats(scores, log_u, epsilon, True)
@@ -85,19 +88,40 @@ def _distributed_sinkhorn(scores, epsilon, iterations, group, colstats, codes):
     return codes(scores, log_u, epsilon, True)
 
 
+def _per_crop(kernel):
+    """A schema op that takes (B, K) scores (and a (K,) log_u), applied to each crop of
+    (A, B, K) scores (and (A, K) log_u): the stand-in for kernels that do not yet take
+    the crops in one launch."""
+
+    def run(scores, *args):
+        if scores.dim() == 2:
+            return kernel(scores, *args)
+        if args and isinstance(args[0], torch.Tensor):  # log_u (A, K)
+            return torch.stack([kernel(s, lu, *args[1:]) for s, lu in zip(scores, args[0], strict=True)])
+        return torch.stack([kernel(s, *args) for s in scores])
+
+    return run
+
+
 def sinkhorn(
     scores: torch.Tensor,
+    *,
     epsilon: float = 0.05,
     iterations: int = 3,
-    *,
     process_group=None,
     backend: str | None = None,
     check_finite: bool = False,
 ) -> torch.Tensor:
-    """SwAV's Sinkhorn-Knopp codes of prototype `scores` (B, K) -> float32 (B, K).
+    """SwAV's Sinkhorn-Knopp codes of prototype `scores` (B, K) -> float32 (B, K), or of
+    A assignment crops at once: (A, B, K) -> (A, B, K), each crop its own problem.
+
+    `epsilon` and `iterations` are keyword-only: lightly's `sinkhorn(out, iterations,
+    epsilon)` and SwAV's code order them the other way, so a positional call would
+    silently swap them.
 
     Args:
         scores: (B, K) scores of B samples (batch plus queue rows) against K prototypes,
+            or (A, B, K) for A crops normalized independently (SwAV's assignment crops);
             fp32/bf16/fp16. Detached: codes carry no gradient.
         epsilon: entropic regularization (SwAV 0.05; SEER 0.03-0.05), > 0.
         iterations: Sinkhorn rounds (SwAV 3, SEER 10), >= 0; 0 means only the total
@@ -107,7 +131,9 @@ def sinkhorn(
             rows, equal to the single-process result on the concatenated scores.
         backend: "reference", "cpu", "cuda", "triton" or None (fastest available).
         check_finite: raise ValueError on NaN/Inf in scores (costs a device sync).
-    Returns: (B, K) float32 codes; every row sums to 1 when iterations >= 1.
+    Returns: (B, K) codes, float32 for float32/bfloat16/float16 scores; float64 scores
+    (an oracle's dtype, which no fused kernel takes) run on backend="reference" when
+    `backend` is None and give float64 codes. Every row sums to 1 when iterations >= 1.
     """
     epsilon, iterations = _checks.sinkhorn_args(scores, epsilon, iterations)
     if check_finite:
@@ -123,9 +149,11 @@ def sinkhorn(
         )
     group = _distributed.group_or_none(process_group)
     if group is None:
+        if scores.dim() == 3 and name != "reference":
+            return _per_crop(lambda s, *a: _library.run("sinkhorn", name, s, *a))(scores, epsilon, iterations)
         return _library.run("sinkhorn", name, scores, epsilon, iterations)
     if name == "reference":
         return reference.sinkhorn(scores, epsilon, iterations, group)  # the oracle spreads rows itself
-    colstats = _library.kernel("sinkhorn", name, "sinkhorn_colstats")
-    codes = _library.kernel("sinkhorn", name, "sinkhorn_codes")
+    colstats = _per_crop(_library.kernel("sinkhorn", name, "sinkhorn_colstats"))
+    codes = _per_crop(_library.kernel("sinkhorn", name, "sinkhorn_codes"))
     return _distributed_sinkhorn(scores, epsilon, iterations, group, colstats, codes)
