@@ -174,6 +174,8 @@ def test_cpu_threads_do_not_change_the_result():
 
 TRITON_GRID = [
     (1, 1, 1, 0.5, torch.float32),
+    (5, 3000, 2, 0.01, torch.bfloat16),
+    (33, 65, 4, 0.03, torch.bfloat16),
     (1, 100, 3, 0.05, torch.float16),
     (7, 3, 10, 0.01, torch.float32),
     (7, 100, 0, 0.03, torch.float16),
@@ -204,21 +206,79 @@ def test_triton_wide_row_path(b, k, iters):
 
 
 @needs_triton
+@pytest.mark.parametrize(
+    ("a", "b", "k", "iters", "programs"), [(1, 40, 33, 3, 1), (2, 40, 70, 3, 7), (3, 9, 5, 4, 40)]
+)
+@pytest.mark.parametrize("max_one_tile", [16384, 16])
+def test_triton_work_split(a, b, k, iters, programs, max_one_tile):
+    """The phases split their work into items (crop x column tile, crop x row group, crop
+    x row block) over however many programs the launcher asks for: one program doing
+    everything, several, and more programs than items; whole and wide rows."""
+    s = torch.stack([_scores(b, k, seed=30 + i) for i in range(a)])
+    with torch.no_grad():
+        out = SK.pipeline(s, 0.03, iters, max_one_tile, programs)
+    for i in range(a):
+        _check(
+            out[i], s[i], 0.03, iters, f"triton split a={a} programs={programs} tile={max_one_tile} crop {i}"
+        )
+
+
+@needs_triton
+@pytest.mark.parametrize(("a", "b", "k", "iters", "eps", "dtype"), [
+    (1, 1, 1, 3, 0.5, torch.float32),
+    (1, 7, 100, 0, 0.01, torch.float16),
+    (2, 33, 257, 3, 0.01, torch.bfloat16),
+    (1, 64, 3, 10, 0.03, torch.float32),
+    (2, 20, 40, 1, 0.05, torch.float16),
+])  # fmt: skip
+@pytest.mark.parametrize("programs", [1, 3])
+def test_triton_onchip_path(a, b, k, iters, eps, dtype, programs):
+    """The one-launch path's phase bodies, its persistent grid striding over the items,
+    each phase launched on its own (its compile-time switch for the interpreter, where a
+    grid barrier would wait forever): against float64, crops, ragged sizes, bf16 loads."""
+    s = torch.stack([_scores(b, k, dtype, seed=40 + i) for i in range(a)])
+    out = SK.onchip_pipeline(s, eps, iters, programs, phased=True)
+    for i in range(a):
+        _check(out[i], s[i], eps, iters, f"triton onchip a={a} {b}x{k} T={iters} eps={eps} {dtype} crop {i}")
+    with pytest.raises(RuntimeError, match="needs a GPU"):
+        SK.onchip_pipeline(s, eps, iters, programs)
+
+
+@needs_triton
+def test_triton_codes_are_bitwise_reproducible():
+    """The row passes add their column sums with integer atomics on a fixed-point scale,
+    which are order-independent: the same call gives the same bits (on a GPU the programs
+    finish in a different order each run)."""
+    s = _scores(50, 40, seed=8)
+    runs = [SK.pipeline(s, 0.05, 4, programs=5) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+
+
+@needs_triton
+def test_triton_fixed_point_scale_bounds_every_sum():
+    """Every pass's column sums total B (each row's softmax sums to 1): 2^F B + one
+    rounding per group stays below 2^61, so sums never reach the poison bit (62)."""
+    for b in (1, 2, 3, 4096, 4097, 1 << 20, (1 << 24) + 1):
+        f = SK.fixed_point_scale(b)
+        assert b * 2.0**f + b <= 2.0**61, b
+        assert 2 * b * 2.0**f > 2.0**59, b  # and no coarser than it has to be
+
+
+@needs_triton
 @pytest.mark.parametrize(("groups", "k"), [(1, 1), (37, 70), (70, 129)])
-def test_triton_merge_many_groups(groups, k):
-    """The merge reduces GROUP_BLOCK groups per step: more groups than one step (a GPU
-    launches ~2 per SM; the interpreter's pipeline only 3), an empty group (sum 0 with a
-    finite shift, as colstats stores it) and shifts far apart, against float64."""
+def test_triton_sum_groups(groups, k):
+    """The normalized colstats op adds its groups' partial rows GROUP_BLOCK groups per
+    step, more groups than one step and an empty group included, against float64."""
     gen = torch.Generator().manual_seed(groups * 1000 + k)
-    shift = torch.randn(groups, k, generator=gen, dtype=torch.float64) * 40
-    total = torch.rand(groups, k, generator=gen, dtype=torch.float64) * 5
-    total[groups // 2, : k // 2] = 0.0
-    partial = torch.stack([shift, total], 1).float()
-    p64 = partial.double()
-    want = (p64[:, 1] * torch.exp(p64[:, 0] - p64[:, 0].amax(0))).sum(0).log() + p64[:, 0].amax(0)
-    log_u = torch.empty(k)
-    SK.launch_merge(partial, groups, log_u, 1)
-    torch.testing.assert_close(log_u.double(), want, rtol=0, atol=2e-5 * max(1.0, want.abs().max().item()))
+    partial = torch.rand(2 * groups, k, generator=gen, dtype=torch.float64) * 5
+    partial[groups // 2, : k // 2] = 0.0
+    out = torch.empty(2, 2, k)
+    SK.wrap_triton(SK._sum_groups_kernel)[(-(-k // 64), 2)](
+        partial.float(), groups, k, out, BLOCK=64, GROUP_BLOCK=32
+    )
+    want = partial.float().double().view(2, groups, k).sum(1)
+    torch.testing.assert_close(out[:, 1].double(), want, rtol=1e-6, atol=1e-6)
+    assert (out[:, 0] == 0).all()
 
 
 # ---------------------------------------------------------------------- grid: GPU

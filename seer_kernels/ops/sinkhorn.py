@@ -88,10 +88,14 @@ def _distributed_sinkhorn(scores, epsilon, iterations, group, colstats, codes):
     return codes(scores, log_u, epsilon, True)
 
 
+# Backends whose kernels take (A, B, K) scores (and (A, K) log_u) in one call; the
+# others get one call per crop (`_per_crop`).
+_CROPS_IN_ONE_CALL = frozenset({"reference", "triton"})
+
+
 def _per_crop(kernel):
     """A schema op that takes (B, K) scores (and a (K,) log_u), applied to each crop of
-    (A, B, K) scores (and (A, K) log_u): the stand-in for kernels that do not yet take
-    the crops in one launch."""
+    (A, B, K) scores (and (A, K) log_u), for backends whose kernels take one crop a call."""
 
     def run(scores, *args):
         if scores.dim() == 2:
@@ -149,11 +153,13 @@ def sinkhorn(
         )
     group = _distributed.group_or_none(process_group)
     if group is None:
-        if scores.dim() == 3 and name != "reference":
+        if scores.dim() == 3 and name not in _CROPS_IN_ONE_CALL:
             return _per_crop(lambda s, *a: _library.run("sinkhorn", name, s, *a))(scores, epsilon, iterations)
         return _library.run("sinkhorn", name, scores, epsilon, iterations)
     if name == "reference":
         return reference.sinkhorn(scores, epsilon, iterations, group)  # the oracle spreads rows itself
-    colstats = _per_crop(_library.kernel("sinkhorn", name, "sinkhorn_colstats"))
-    codes = _per_crop(_library.kernel("sinkhorn", name, "sinkhorn_codes"))
+    colstats = _library.kernel("sinkhorn", name, "sinkhorn_colstats")
+    codes = _library.kernel("sinkhorn", name, "sinkhorn_codes")
+    if name not in _CROPS_IN_ONE_CALL:
+        colstats, codes = _per_crop(colstats), _per_crop(codes)
     return _distributed_sinkhorn(scores, epsilon, iterations, group, colstats, codes)

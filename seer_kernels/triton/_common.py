@@ -68,6 +68,26 @@ def inverse_norm(ss, EPS: tl.constexpr):
     return rn
 
 
+@triton.jit
+def grid_barrier(sem):
+    """Every program of a cooperative grid arrives before any leaves. `sem` (an int32
+    word) starts at 0 or 2^31: program 0 adds 2^31 - (P - 1) and the others 1, so the last
+    arrival flips bit 31 and leaves the low bits at 0; each program waits for bit 31 to
+    differ from what it saw when it arrived. The word ends at 0 or 2^31, ready for the next
+    barrier or launch. Release/acquire at GPU scope make the writes before the barrier
+    visible after it."""
+    word = sem.to(tl.pointer_type(tl.uint32))
+    tl.debug_barrier()
+    first = tl.program_id(0) == 0
+    arrive = tl.where(first, 0x80000000 - (tl.num_programs(0) - 1), 1).to(tl.uint32)
+    seen = tl.atomic_add(word, arrive, sem="release", scope="gpu")
+    flipped = False
+    while not flipped:
+        now = tl.atomic_add(word, tl.zeros([], tl.uint32), sem="acquire", scope="gpu")
+        flipped = ((seen ^ now) & 0x80000000) != 0
+    tl.debug_barrier()
+
+
 # --------------------------------------------------------------------- launch helpers
 
 
@@ -88,3 +108,14 @@ def target_programs(device: torch.device, interpreted: int) -> int:
     if device.type == "cuda":
         return 2 * torch.cuda.get_device_properties(device).multi_processor_count
     return interpreted
+
+
+def programs_per_sm(registers: int, shared_bytes: int, warps: int) -> int:
+    """Programs of `warps` warps that one Hopper SM holds at once (sm_90: 64K 32-bit
+    registers allocated per warp in units of 256, 64 warps, 32 blocks, 227 KiB of shared
+    memory per block and 228 KiB per SM): the bound of a cooperative grid per SM."""
+    per_warp = -(-max(registers, 1) * 32 // 256) * 256
+    by_registers = (65536 // per_warp) // warps
+    by_warps = 64 // warps
+    by_shared = (228 * 1024) // shared_bytes if shared_bytes else 32
+    return min(by_registers, by_warps, by_shared, 32)
