@@ -65,6 +65,18 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
+def _cuda_available() -> bool:
+    """torch.cuda.is_available(), in one place: the launch audit (benchmarks/audit.py)
+    replaces it to resolve backends for fake CUDA tensors on a machine without a GPU."""
+    return torch.cuda.is_available()
+
+
+def _triton_device_types() -> tuple[str, ...]:
+    """Device types the Triton kernels run on here: CUDA where a GPU is, the CPU under
+    TRITON_INTERPRET=1 (the launch audit widens it to trace CPU-typed fake tensors)."""
+    return (("cuda",) if _cuda_available() else ()) + (("cpu",) if triton_interpreted() else ())
+
+
 def _declared(name: str, op: str) -> bool:
     """Whether `op` has a kernel for backend `name` (every backend when op is "")."""
     return not op or name in _registry.op(op).backends
@@ -78,13 +90,9 @@ def _usable(name: str, device_type: str, op: str = "") -> bool:
     if name == "cpu":
         return device_type == "cpu" and _C is not None
     if name == "cuda":
-        return device_type == "cuda" and _C_HAS_CUDA and torch.cuda.is_available()
+        return device_type == "cuda" and _C_HAS_CUDA and _cuda_available()
     if name == "triton":
-        if not _HAS_TRITON:
-            return False
-        if device_type == "cuda":
-            return torch.cuda.is_available()
-        return device_type == "cpu" and triton_interpreted()
+        return _HAS_TRITON and device_type in _triton_device_types()
     return False
 
 
@@ -95,7 +103,7 @@ def available_backends(device: str | torch.device | None = None, op: str | None 
     if op:
         _registry.op(op)  # an unknown op name is an error, not an empty list
     if device is None:
-        types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        types = ["cpu"] + (["cuda"] if _cuda_available() else [])
         return [b for b in BACKENDS if any(_usable(b, t, op) for t in types)]
     device_type = torch.device(device).type
     return [b for b in BACKENDS if _usable(b, device_type, op)]

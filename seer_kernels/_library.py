@@ -66,8 +66,14 @@ def _qualname(kernel: str, triton: bool) -> str:
     return f"{NAMESPACE}::{kernel}_triton" if triton else f"{NAMESPACE}::{kernel}"
 
 
+# The launcher behind each Triton op, by qualified name: what the op runs on a GPU (the
+# launch audit, benchmarks/audit.py, runs them on fake tensors to count their launches).
+TRITON_LAUNCHERS: dict[str, Callable] = {}
+
+
 def _define_triton_op(qualname: str, launcher: Callable) -> None:
     """The interpreter rule (see the module docstring)."""
+    TRITON_LAUNCHERS[qualname] = launcher
     if _backend.triton_interpreted():
         torch.library.custom_op(qualname, launcher, mutates_args=())
     else:

@@ -23,11 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Representative compile-time constants per kernel (the launchers pick among such values).
 CONSTEXPRS = {
-    "_plain_colstats_kernel": {"BLOCK_B": 16, "BLOCK_K": 128},
-    "_normalized_colstats_kernel": {"BLOCK_B": 16, "BLOCK_K": 128, "ONE_TILE": True},
+    # PHASE 3: every phase in one cooperative launch, grid barriers included.
+    "_sinkhorn_kernel": {
+        "PHASE": 3, "TOTAL": False, "BLOCK_R": 128, "BLOCK_C": 32, "BLOCK_B": 4, "BLOCK_K": 1024, "ONE_TILE": False,
+    },
+    "_colstats_kernel": {"BLOCK_R": 128, "BLOCK_C": 32},
+    "_partials_kernel": {"BLOCK_B": 1, "BLOCK_K": 4096, "ONE_TILE": True},
+    "_sum_groups_kernel": {"BLOCK": 64, "GROUP_BLOCK": 32},
     "_codes_kernel": {"BLOCK_B": 16, "BLOCK_K": 128, "ONE_TILE": False, "NORMALIZE": True},
-    "_merge_kernel": {"MODE": 3, "BLOCK": 64, "GROUP_BLOCK": 32},
-    "_total_kernel": {"BLOCK": 256},
     "_xent_fwd_kernel": {"VP": 8, "AP": 2, "BK": 256, "F64": False},
     "_xent_bwd_kernel": {"VP": 8, "AP": 2, "BK": 256, "F64": False},
     "_rnorm_kernel": {"EPS": 1e-12, "BLOCK_M": 32, "BLOCK_D": 128},
@@ -40,7 +43,10 @@ CONSTEXPRS = {
     },
     "_finish_kernel": {"NORMALIZE": True, "EPS": 1e-12, "BLOCK_M": 32, "BLOCK_D": 128},
 }  # fmt: skip
-FLOATS = {"eps", "scale", "inv_t", "inv_t_lo", "norm", "log_b", "log_k"}
+FLOATS = {"eps", "scale", "inv_t", "inv_t_lo", "norm", "log_b", "log_k", "fx", "inv_fx"}
+# Pointer arguments that are not fp32 (the rest are): the Sinkhorn accumulators and the
+# grid barrier word.
+POINTERS = {"acc": "*i64", "sem": "*i32"}
 INTS = {
     "B",
     "K",
@@ -53,6 +59,9 @@ INTS = {
     "groups",
     "stride_b",
     "rows_per_group",
+    "iterations",
+    "t",
+    "stride_a",
     "E_BLOCKS",
     "R_SPLIT",
     "SPLITS",
@@ -65,7 +74,7 @@ SCRIPT = textwrap.dedent(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    constexprs, floats, ints, float_type, modules = json.loads(sys.argv[1])
+    constexprs, floats, ints, pointers, float_type, modules = json.loads(sys.argv[1])
     seen = set()
     for module in modules:
         mod = importlib.import_module("seer_kernels.triton." + module)
@@ -82,6 +91,8 @@ SCRIPT = textwrap.dedent(
                     sig[p.name] = float_type
                 elif p.name in ints or p.name.startswith("s_"):
                     sig[p.name] = "i32"
+                elif p.name in pointers:
+                    sig[p.name] = pointers[p.name]
                 else:
                     sig[p.name] = "*fp32"
             src = ASTSource(fn, signature=sig, constexprs=consts)
@@ -102,9 +113,24 @@ def test_every_triton_kernel_compiles_for_sm90(float_type):
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     # The Triton module of every declared op that has a Triton backend.
     modules = [name for name, spec in _registry.OPS.items() if "triton" in spec.backends]
-    args = json.dumps([CONSTEXPRS, sorted(FLOATS), sorted(INTS), float_type, modules])
+    args = json.dumps([CONSTEXPRS, sorted(FLOATS), sorted(INTS), POINTERS, float_type, modules])
     res = subprocess.run(
         [sys.executable, "-c", SCRIPT, args], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert res.stdout.count("compiled") == len(CONSTEXPRS), res.stdout
+
+
+def test_no_kernel_spills_at_the_launch_configurations():
+    """Every Triton kernel, at each configuration its launcher picks for the audited
+    shapes, compiles for sm_90 without register spills, and the committed table
+    (benchmarks/results/triton-resources-sm90.md, `python -m benchmarks.triton_resources`)
+    is what the kernels compile to now."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.triton_resources", "--check"],
+        capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -77,14 +77,16 @@ def grid_barrier(sem):
     barrier or launch. Release/acquire at GPU scope make the writes before the barrier
     visible after it."""
     word = sem.to(tl.pointer_type(tl.uint32))
+    one = tl.full([], 1, tl.uint32)
+    top = one << 31
     tl.debug_barrier()
-    first = tl.program_id(0) == 0
-    arrive = tl.where(first, 0x80000000 - (tl.num_programs(0) - 1), 1).to(tl.uint32)
+    programs = tl.num_programs(0).to(tl.uint32)
+    arrive = tl.where(tl.program_id(0) == 0, top - (programs - one), one)
     seen = tl.atomic_add(word, arrive, sem="release", scope="gpu")
     flipped = False
     while not flipped:
-        now = tl.atomic_add(word, tl.zeros([], tl.uint32), sem="acquire", scope="gpu")
-        flipped = ((seen ^ now) & 0x80000000) != 0
+        now = tl.atomic_add(word, one - one, sem="acquire", scope="gpu")
+        flipped = ((seen ^ now) & top) != 0
     tl.debug_barrier()
 
 
@@ -101,13 +103,26 @@ def num_warps(block_elements: int) -> int:
     return max(4, min(16, block_elements // 1024))
 
 
+# The GPU that CPU tensors stand for, or None: the launch audit (benchmarks/audit.py)
+# traces the launchers on CPU-typed fake tensors, as the autograd engine will not run a
+# backward pass on CUDA tensors, fake or not, without a GPU; launch configurations then
+# follow these properties as they would a real device's.
+AUDITED_GPU = None
+
+
+def gpu_properties(device: torch.device):
+    """The properties of the GPU a launch on `device` runs on, or None (the interpreter)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device)
+    return AUDITED_GPU
+
+
 def target_programs(device: torch.device, interpreted: int) -> int:
     """Programs that keep the device busy: about two per SM on a GPU; `interpreted`
     under the interpreter, where each program runs in Python (a few, but more than one,
     so that the tests exercise the paths that merge or split work across programs)."""
-    if device.type == "cuda":
-        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    return interpreted
+    props = gpu_properties(device)
+    return interpreted if props is None else 2 * props.multi_processor_count
 
 
 def programs_per_sm(registers: int, shared_bytes: int, warps: int) -> int:

@@ -26,7 +26,7 @@ barrier would wait forever, so the tests run the same phase bodies through `pipe
 Bytes per pass, (B, K) scores of s bytes: each pass reads B*K*s (from L2 when it fits);
 pass t also reads and writes a few K-vectors per program (log_u and the accumulator:
 8 bytes per column per program for the atomics); the codes phase writes B*K*4. A whole row
-tile (K <= 16384) stays in registers, so each pass reads the scores once; wider rows take
+tile (K <= 8192) stays in registers, so each pass reads the scores once; wider rows take
 a second, cache-resident read of the row tile and keep the group's column sums in a
 program-private row of the workspace.
 
@@ -49,6 +49,7 @@ from seer_kernels._interpreter import triton_interpreted, wrap_triton
 from seer_kernels.triton._common import (
     as_fp32,
     finite_or_zero,
+    gpu_properties,
     grid_barrier,
     num_warps,
     online_logsumexp,
@@ -78,18 +79,25 @@ ROW_ATOMIC = tl.constexpr(0)
 ROW_PARTIAL = tl.constexpr(1)
 POISON = tl.constexpr(1 << 62)  # bit 62 of an accumulator: a NaN was added
 
-# Widest row tile kept in registers whole (one read per pass); wider rows loop.
-MAX_ONE_TILE = 16384
+# Widest row tile kept in registers whole (one read per pass); wider rows loop over
+# WIDE_TILE-column tiles of several rows. 8192 columns on 8 warps is 32 values per thread
+# per row vector: log_u, the column sums, z and the addresses fit in registers without
+# spilling (benchmarks/results/triton-resources-sm90.md; 16384 on 16 warps spilled).
+MAX_ONE_TILE = 8192
+WIDE_TILE = 1024
 _TILE_ELEMENTS = 4096
 
 # ----------------------------------------------------------------------------- kernels
 
 
 @triton.jit
-def _load_z(scores, lu, rows, cols, row_end, K, stride_b, eps):
-    # z = scores / eps + log_u on a [rows, cols] tile; -inf outside, so it adds nothing.
-    mask = (rows < row_end)[:, None] & (cols < K)[None, :]
-    ptrs = scores + rows[:, None].to(tl.int64) * stride_b + cols[None, :]
+def _load_z(scores, lu, row0, cols, row_end, K, stride_b, eps, ROWS: tl.constexpr):
+    # z = scores / eps + log_u on rows row0 .. row0 + ROWS at `cols`; -inf outside, so it
+    # adds nothing. One 64-bit row base and 32-bit offsets inside the tile (which spans
+    # far fewer than 2^31 elements): an address costs one register per element, not two.
+    rows = tl.arange(0, ROWS)
+    mask = (row0 + rows < row_end)[:, None] & (cols < K)[None, :]
+    ptrs = scores + tl.cast(row0, tl.int64) * stride_b + (rows[:, None] * stride_b + cols[None, :])
     x = tl.load(ptrs, mask=mask, other=float("-inf")).to(tl.float32)
     # The reference divides fp32 scores by eps rounded to fp32, so both do that here.
     return tl.div_rn(x, as_fp32(eps)) + lu[None, :]
@@ -141,7 +149,7 @@ def _columns(
         run_max = tl.full([BLOCK_C], float("-inf"), tl.float32)
         run_sum = tl.zeros([BLOCK_C], tl.float32)
         for r in range(0, B, BLOCK_R):
-            z = _load_z(src, given, r + tl.arange(0, BLOCK_R), cols, B, K, stride_b, eps)
+            z = _load_z(src, given, r, cols, B, K, stride_b, eps, BLOCK_R)
             run_max, run_sum = online_logsumexp(run_max, run_sum, z, 0)
         shift = finite_or_zero(run_max)
         if OUT == COL_STATS:
@@ -164,7 +172,7 @@ def _columns(
 
 @triton.jit
 def _row_shift_and_inv_sum(
-    src, lu, acc, p, rows, row_end, K, stride_b, eps, log_c, inv_fx,
+    src, lu, acc, p, row0, row_end, K, stride_b, eps, log_c, inv_fx,
     LU: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     # Online row logsumexp over column tiles: returns (shift, 1 / sum exp(z - shift)).
@@ -173,7 +181,7 @@ def _row_shift_and_inv_sum(
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         lu_t = _log_u(lu, acc, p, cols, K, log_c, inv_fx, LU)
-        z = _load_z(src, lu_t, rows, cols, row_end, K, stride_b, eps)
+        z = _load_z(src, lu_t, row0, cols, row_end, K, stride_b, eps, BLOCK_B)
         run_max, run_sum = online_logsumexp(run_max, run_sum, z, 1)
     return finite_or_zero(run_max), 1.0 / run_sum
 
@@ -224,7 +232,7 @@ def _rows(
             colsum = tl.zeros([BLOCK_K], tl.float32)
             for r in range(row0, row_end, BLOCK_B):
                 rows = r + tl.arange(0, BLOCK_B)
-                z = _load_z(src, lu_t, rows, cols, row_end, K, stride_b, eps)
+                z = _load_z(src, lu_t, r, cols, row_end, K, stride_b, eps, BLOCK_B)
                 e = tl.exp(z - tl.max(z, axis=1)[:, None])
                 pr = e * (1.0 / tl.sum(e, axis=1))[:, None]
                 colsum += tl.sum(tl.where((rows < row_end)[:, None], pr, 0.0), axis=0)
@@ -249,7 +257,7 @@ def _rows(
                     lu_a,
                     acc_a,
                     t - 1,
-                    rows,
+                    r,
                     row_end,
                     K,
                     stride_b,
@@ -263,7 +271,7 @@ def _rows(
                 for k0 in range(0, K, BLOCK_K):
                     cols = k0 + tl.arange(0, BLOCK_K)
                     lu_t = _log_u(lu_a, acc_a, t - 1, cols, K, log_c, inv_fx, LU)
-                    z = _load_z(src, lu_t, rows, cols, row_end, K, stride_b, eps)
+                    z = _load_z(src, lu_t, r, cols, row_end, K, stride_b, eps, BLOCK_B)
                     pr = tl.exp(z - shift[:, None]) * inv_sum[:, None]
                     pr = tl.sum(tl.where((rows < row_end)[:, None], pr, 0.0), axis=0)
                     old = tl.load(private + cols, mask=cols < K, other=0.0)
@@ -302,9 +310,11 @@ def _codes(
     scale = as_fp32(scale)
     for item in range(tl.program_id(0), A * blocks, tl.num_programs(0)):
         a = item // blocks
-        rows = (item % blocks) * BLOCK_B + tl.arange(0, BLOCK_B)
+        row0 = (item % blocks) * BLOCK_B
+        rows = tl.arange(0, BLOCK_B)
         src = scores + tl.cast(a, tl.int64) * stride_a
-        dst = codes + tl.cast(a, tl.int64) * B * K
+        # One 64-bit base for the block's rows, 32-bit offsets inside it.
+        dst = codes + (tl.cast(a, tl.int64) * B + row0) * K
         if LU == LU_GIVEN:
             lu_a = lu + a * K
         else:
@@ -319,20 +329,20 @@ def _codes(
                 lu_t = tl.zeros([BLOCK_K], tl.float32) + offset
             else:
                 lu_t = _log_u(lu_a, acc_a, p, cols, K, log_c, inv_fx, LU)
-            z = _load_z(src, lu_t, rows, cols, B, K, stride_b, eps)
+            z = _load_z(src, lu_t, row0, cols, B, K, stride_b, eps, BLOCK_B)
             if NORMALIZE:
                 e = tl.exp(z - tl.max(z, axis=1)[:, None])
                 y = e * (1.0 / tl.sum(e, axis=1))[:, None]
             else:
                 y = tl.exp(z) * scale
-            mask = (rows < B)[:, None] & (cols < K)[None, :]
-            tl.store(dst + rows[:, None].to(tl.int64) * K + cols[None, :], y, mask=mask)
+            mask = (row0 + rows < B)[:, None] & (cols < K)[None, :]
+            tl.store(dst + (rows[:, None] * K + cols[None, :]), y, mask=mask)
         else:
             shift = tl.zeros([BLOCK_B], tl.float32)
             inv_sum = tl.zeros([BLOCK_B], tl.float32) + scale
             if NORMALIZE:
                 shift, inv_sum = _row_shift_and_inv_sum(
-                    src, lu_a, acc_a, p, rows, B, K, stride_b, eps, log_c, inv_fx, LU, BLOCK_B, BLOCK_K
+                    src, lu_a, acc_a, p, row0, B, K, stride_b, eps, log_c, inv_fx, LU, BLOCK_B, BLOCK_K
                 )
             for k0 in range(0, K, BLOCK_K):
                 cols = k0 + tl.arange(0, BLOCK_K)
@@ -340,13 +350,13 @@ def _codes(
                     lu_t = tl.zeros([BLOCK_K], tl.float32) + offset
                 else:
                     lu_t = _log_u(lu_a, acc_a, p, cols, K, log_c, inv_fx, LU)
-                z = _load_z(src, lu_t, rows, cols, B, K, stride_b, eps)
+                z = _load_z(src, lu_t, row0, cols, B, K, stride_b, eps, BLOCK_B)
                 y = tl.exp(z - shift[:, None]) * inv_sum[:, None]
-                mask = (rows < B)[:, None] & (cols < K)[None, :]
-                tl.store(dst + rows[:, None].to(tl.int64) * K + cols[None, :], y, mask=mask)
+                mask = (row0 + rows < B)[:, None] & (cols < K)[None, :]
+                tl.store(dst + (rows[:, None] * K + cols[None, :]), y, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t", "iterations"])
 def _sinkhorn_kernel(
     scores, codes, lu, acc, scratch, sem, iterations, A, B, K, stride_a, stride_b, eps, log_b, log_k,
     fx, inv_fx, rows_per_group, t,
@@ -455,7 +465,7 @@ def _codes_kernel(
 def _row_tile(k: int, max_one_tile: int) -> tuple[int, int, bool]:
     """(BLOCK_B, BLOCK_K, ONE_TILE) for phases that need whole rows."""
     one_tile = k <= max_one_tile
-    block_k = triton.next_power_of_2(k) if one_tile else pow2(max_one_tile, 1, _TILE_ELEMENTS)
+    block_k = triton.next_power_of_2(k) if one_tile else pow2(max_one_tile, 1, WIDE_TILE)
     block_b = max(1, min(64, _TILE_ELEMENTS // block_k))
     return block_b, block_k, one_tile
 
@@ -469,9 +479,15 @@ def _column_tile(a: int, k: int, programs: int) -> tuple[int, int]:
     return _TILE_ELEMENTS // block_c, block_c
 
 
+# Fewest rows a row group takes (where there are that many): each group adds K atomics
+# per pass, so groups of 16 rows or more keep them to a 16th of the elements read.
+MIN_GROUP_ROWS = 16
+
+
 def _row_groups(a: int, b: int, block_b: int, programs: int) -> tuple[int, int]:
-    """(rows per group, groups per crop): whole BLOCK_B blocks, about `programs` items."""
-    want = max(1, min(triton.cdiv(b, block_b), triton.cdiv(programs, a)))
+    """(rows per group, groups per crop): whole BLOCK_B blocks, about `programs` items,
+    at least MIN_GROUP_ROWS rows each."""
+    want = max(1, min(triton.cdiv(b, max(block_b, MIN_GROUP_ROWS)), triton.cdiv(programs, a)))
     per = triton.cdiv(triton.cdiv(b, want), block_b) * block_b
     return per, triton.cdiv(b, per)
 
@@ -543,8 +559,18 @@ class _Plan:
             "ONE_TILE": self.one_tile,
         }
 
-    def row_warps(self) -> int:
-        return num_warps(self.block_b * self.block_k)
+    def warps(self, phase: int) -> int:
+        """Warps per program of a phase. A whole-row pass holds log_u, the column sums and
+        a row tile, and flushes 64-bit fixed-point sums: on 4 or 8 warps ptxas capped its
+        registers below what that needs and spilled (by its own occupancy heuristic: 168
+        registers and 16 bytes of spills at K = 3000 on 4 warps, 80 and 4 on 8), on 16 it
+        does not; the wide-row tiles fit 4 warps. benchmarks/results/triton-resources-sm90.md
+        has every configuration's registers and spills."""
+        if phase == PHASE_COLUMNS:
+            return num_warps(self.block_r * self.block_c)
+        if phase == PHASE_CODES:
+            return num_warps(self.block_b * self.block_k)
+        return 16 if self.one_tile else 4
 
 
 def pipeline(
@@ -566,12 +592,12 @@ def pipeline(
     a = plan.a
     kernel = wrap_triton(_sinkhorn_kernel)
     kernel[(a * triton.cdiv(plan.k, plan.block_c),)](
-        *args, 0, **plan.constexprs(PHASE_COLUMNS), num_warps=num_warps(plan.block_r * plan.block_c)
+        *args, 0, **plan.constexprs(PHASE_COLUMNS), num_warps=plan.warps(PHASE_COLUMNS)
     )
     for t in range(1, iterations):
-        kernel[(a * plan.groups,)](*args, t, **plan.constexprs(PHASE_ROWS), num_warps=plan.row_warps())
+        kernel[(a * plan.groups,)](*args, t, **plan.constexprs(PHASE_ROWS), num_warps=plan.warps(PHASE_ROWS))
     kernel[(a * triton.cdiv(plan.b, plan.block_b),)](
-        *args, 0, **plan.constexprs(PHASE_CODES), num_warps=plan.row_warps()
+        *args, 0, **plan.constexprs(PHASE_CODES), num_warps=plan.warps(PHASE_CODES)
     )
     return codes
 
@@ -593,10 +619,8 @@ def _semaphore(device: torch.device) -> torch.Tensor:
 def fits_on_chip(scores: torch.Tensor) -> bool:
     """Whether the scores stay in the GPU's L2 between passes (the case of the one-launch
     path): the phases after the first then read the scores from L2, not from DRAM."""
-    if scores.device.type != "cuda":
-        return False
-    l2 = torch.cuda.get_device_properties(scores.device).L2_cache_size
-    return scores.numel() * scores.element_size() <= l2
+    props = gpu_properties(scores.device)
+    return props is not None and scores.numel() * scores.element_size() <= props.L2_cache_size
 
 
 def resident_programs(compiled, device: torch.device) -> int:
@@ -604,7 +628,7 @@ def resident_programs(compiled, device: torch.device) -> int:
     bound), from its registers, shared memory and warps."""
     from seer_kernels.triton._common import programs_per_sm
 
-    props = torch.cuda.get_device_properties(device)
+    props = gpu_properties(device)
     per_sm = programs_per_sm(compiled.n_regs, compiled.metadata.shared, compiled.metadata.num_warps)
     return max(1, per_sm) * props.multi_processor_count
 
@@ -634,7 +658,7 @@ def onchip_pipeline(
     plan = _Plan(scores, iterations, MAX_ONE_TILE, programs or target_programs(scores.device, interpreted=3))
     codes = torch.empty(plan.scores.shape, dtype=torch.float32, device=scores.device)
     sem = _semaphore(scores.device)
-    warps = plan.row_warps()
+    warps = plan.warps(PHASE_ALL)
     if programs is None and not phased and not is_fake(scores):
         lu, acc, scratch = plan.workspace()
         compiled = _sinkhorn_kernel.warmup(
@@ -687,7 +711,7 @@ def sinkhorn_colstats(
     partial = torch.empty((a * groups, k), dtype=torch.float32, device=scores.device)
     wrap_triton(_partials_kernel)[(a * groups,)](
         s, log_u, partial, a, b, k, stride_a, s.stride(-2), epsilon, per,
-        BLOCK_B=block_b, BLOCK_K=block_k, ONE_TILE=one_tile, num_warps=num_warps(block_b * block_k),
+        BLOCK_B=block_b, BLOCK_K=block_k, ONE_TILE=one_tile, num_warps=16 if one_tile else 4,
     )  # fmt: skip
     block = pow2(k, 1, 64)
     wrap_triton(_sum_groups_kernel)[(triton.cdiv(k, block), a)](

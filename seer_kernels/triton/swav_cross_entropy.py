@@ -12,6 +12,9 @@ FLOPs: ~ V B K (A + 5) each way plus one exp per score element.
 
 from __future__ import annotations
 
+import math
+import struct
+
 import torch
 import triton
 import triton.language as tl
@@ -119,6 +122,14 @@ def _norm(v: int, a: int, b: int) -> float:
     return float(a * (v - 1) * b)
 
 
+def _fp32(x: float) -> float:
+    """x rounded to fp32, on the host (no tensor): inf past fp32's range."""
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
 def _meta(scores: torch.Tensor, a: int, temperature: float) -> dict:
     """Kernel constants: all crops of a sample in one (VP, BK) tile of ~4k elements; 1/T
     as an fp32 value plus its fp32 remainder (Triton passes Python floats as fp32, the
@@ -127,7 +138,7 @@ def _meta(scores: torch.Tensor, a: int, temperature: float) -> dict:
     vp = triton.next_power_of_2(v)
     bk = pow2(k, 1, max(16, 4096 // vp))
     inv_t = 1.0 / temperature
-    inv_t_hi = float(torch.tensor(inv_t, dtype=torch.float32))
+    inv_t_hi = _fp32(inv_t)
     f64 = accumulation_dtype(scores.dtype) == torch.float64
     return {
         "inv_t": inv_t_hi, "inv_t_lo": inv_t - inv_t_hi,
