@@ -1,38 +1,38 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (torch, triton and nvcc preinstalled, no internet): build
-# the extension in place against that torch (unless one built beforehand for the same
-# torch and Python is there and imports), run the GPU tests with a short bf16 training run
-# beside them, then the benchmarks. Results go to OUTDIR, logs to OUTDIR/logs. A failing
-# stage is recorded and the next one still runs, so one call brings back all it can; the
-# exit status is the first failure's. Prints a summary last.
+# One call on a lent GPU machine (torch, triton and nvcc preinstalled, no internet): the
+# launch audit and sm_90 resource check (these need no GPU: on a machine without one the
+# script runs them and stops there), then build the extension in place against that torch
+# (unless one built beforehand for the same torch and Python is there and imports), run
+# the GPU tests with a short bf16 training run beside them, time the Sinkhorn's backends
+# and paths at the per-GPU shapes (benchmarks/sinkhorn_gpu.py: eager and from a CUDA
+# graph, against plain and compiled plain, and the order per size class the numbers
+# imply), then the benchmarks. Results go to OUTDIR, logs to OUTDIR/logs. A failing stage
+# is recorded and the next one still runs, so one call brings back all it can; the exit
+# status is the first failure's. Prints a summary last.
 #
 #   bash benchmarks/gpu_check.sh OUTDIR [STAGES]
 #
-# STAGES: comma-separated, any of build,tests,train,bench (default: all of them). Limits
-# on an H200: build 170 s, tests 180 s (training beside them), benchmarks 300 s
-# (shared by the benchmark files); GPU_CHECK_BUDGET=SECONDS shortens the benchmarks so that
-# the whole script ends within that budget.
+# STAGES: comma-separated, any of audit,build,tests,train,sinkhorn,bench (default: all).
+# Limits: audit 150 s, build 170 s (0 with a prebuilt extension), tests 150 s (training
+# beside them), sinkhorn 150 s, benchmarks what is left of GPU_CHECK_BUDGET (default
+# 470 s, so that a call with a prebuilt extension ends within 8 minutes).
 set -uo pipefail
 
-usage() { echo "usage: $0 OUTDIR [STAGES]   (STAGES: build,tests,train,bench; logs and results go to OUTDIR)"; }
+usage() { echo "usage: $0 OUTDIR [STAGES]   (STAGES: audit,build,tests,train,sinkhorn,bench; logs and results go to OUTDIR)"; }
 if [ $# -lt 1 ] || [ $# -gt 2 ] || [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
   usage >&2
   exit 2
 fi
 OUT=$(mkdir -p "$1/logs" && cd "$1" && pwd) || { echo "cannot create OUTDIR $1" >&2; exit 2; }
 LOGS=$OUT/logs
-STAGES=${2:-build,tests,train,bench}
+STAGES=${2:-audit,build,tests,train,sinkhorn,bench}
 for s in ${STAGES//,/ }; do
-  case $s in build | tests | train | bench) ;; *) echo "unknown stage '$s'" >&2; usage >&2; exit 2 ;; esac
+  case $s in audit | build | tests | train | sinkhorn | bench) ;; *) echo "unknown stage '$s'" >&2; usage >&2; exit 2 ;; esac
 done
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  echo "gpu_check: no CUDA GPU visible to $PY (torch.cuda.is_available() is False); nothing to check" >&2
-  exit 3
-fi
+BUDGET=${GPU_CHECK_BUDGET:-470}
 
 want() { [[ ",$STAGES," == *",$1,"* ]]; }
 status=0
@@ -55,6 +55,18 @@ cuda_extension_ok() {
 }
 
 : >"$OUT/summary.txt"
+if want audit; then
+  # Launch counts, allocations, syncs and compile graphs on fake CUDA tensors, and no
+  # register spills at sm_90: what the numbers below should agree with.
+  step audit 120 env -u TRITON_INTERPRET "$PY" -m benchmarks.audit && cat "$LOGS/audit.log"
+  step resources 150 env -u TRITON_INTERPRET "$PY" -m benchmarks.triton_resources --check
+fi
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "gpu_check: no CUDA GPU visible to $PY (torch.cuda.is_available() is False): the audit" \
+    "ran; build, tests, train, sinkhorn and bench need a GPU, stopping here" >&2
+  cat "$OUT/summary.txt"
+  exit 3
+fi
 nvidia-smi >"$LOGS/nvidia-smi.txt" 2>&1 || true
 
 if want build; then
@@ -88,7 +100,7 @@ if want tests; then
   if "$PY" -c "import xdist" 2>/dev/null; then xdist=(-n 8); fi  # Triton compiles in parallel
   # The op test files, from the op declaration (seer_kernels/_registry.py).
   read -ra op_tests < <("$PY" -c "from seer_kernels import _registry; print(' '.join(_registry.op_test_files()))")
-  step tests 180 "$PY" -m pytest -m gpu -q -p no:cacheprovider -rfE --timeout 150 "${xdist[@]}" \
+  step tests 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider -rfE --timeout 120 "${xdist[@]}" \
     --junitxml="$LOGS/tests.xml" tests/test_gpu.py "${op_tests[@]}"
   tail -n 3 "$LOGS/tests.log"
 fi
@@ -99,12 +111,12 @@ if want train; then
   grep -E "images/s|loss" "$LOGS/train.log" | tail -n 3
   rm -rf "$LOGS/train_run"
 fi
+if want sinkhorn; then
+  step sinkhorn 150 "$PY" -m benchmarks.sinkhorn_gpu --out "$OUT" && tail -n 45 "$LOGS/sinkhorn.log"
+fi
 if want bench; then
-  limit=300
-  if [ -n "${GPU_CHECK_BUDGET:-}" ]; then
-    left=$((GPU_CHECK_BUDGET - SECONDS - 40))
-    [ $left -lt $limit ] && limit=$left
-  fi
+  limit=$((BUDGET - SECONDS - 40))
+  [ $limit -gt 300 ] && limit=300
   if [ $limit -lt 60 ]; then
     record bench-skipped-no-time 0 0
   else

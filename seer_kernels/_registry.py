@@ -57,10 +57,19 @@ class Op:
 OPS = {
     op.name: op
     for op in (
-        Op("sinkhorn", kernels=("sinkhorn", "sinkhorn_colstats", "sinkhorn_codes")),
+        # sinkhorn on CUDA: the CUDA op first at every size. H200, 2026-11-28: it led the
+        # Triton pipeline of then by ~15% at K = 3000 (the per-GPU shapes), which led at
+        # K = 16384 (2.1x); that pipeline (8 kernels at T = 3) is replaced by one launch
+        # per pass (seer_kernels/triton/sinkhorn.py), which no GPU has run yet, so it is
+        # no default anywhere until benchmarks/sinkhorn_gpu.py has measured it (it prints
+        # the order per size class its numbers imply).
+        Op(
+            "sinkhorn",
+            kernels=("sinkhorn", "sinkhorn_colstats", "sinkhorn_codes"),
+            order=(("cuda", ("cuda", "triton", "reference")),),
+        ),
         # H200, 2026-11-28: prototype_scores' CUDA op (cuBLAS GEMMs) was 1.9-7.3x faster
-        # than the Triton GEMMs at every shape and dtype, forward and backward; sinkhorn's
-        # Triton pipeline led at K=16384 (2.1x the CUDA one) and trailed by ~15% at K=3000.
+        # than the Triton GEMMs at every shape and dtype, forward and backward.
         Op(
             "prototype_scores",
             kernels=("prototype_scores", "prototype_scores_backward"),

@@ -71,8 +71,39 @@ def test_gpu_check_usage_and_clean_failure_without_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: the script would run for real")
     env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable}
+    # The audit and the resource check need no GPU: they run, then the script stops.
     res = subprocess.run(
-        ["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=120, env=env
+        ["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=600, env=env
     )
     assert res.returncode == 3, res.stderr
-    assert "no CUDA GPU visible" in res.stderr
+    assert "no CUDA GPU visible" in res.stderr and "stopping here" in res.stderr
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert "audit: exit 0" in summary and "resources: exit 0" in summary, summary
+
+
+def test_sinkhorn_gpu_report_without_a_gpu(capsys):
+    """benchmarks/sinkhorn_gpu.py says it needs a GPU; its table and the order per size
+    class it prints come from the rows alone."""
+    from benchmarks import sinkhorn_gpu
+
+    if not torch.cuda.is_available():
+        assert sinkhorn_gpu.main([]) == 3
+        assert "needs a CUDA GPU" in capsys.readouterr().err
+    rows = []
+    for shape, fits, times in [((256, 3000), True, {"cuda": 2.0, "triton": 1.0, "triton_onchip": 0.5}),
+                               ((3904, 3000), True, {"cuda": 3.0, "triton": 2.0, "triton_onchip": 1.0}),
+                               ((16384, 16384), False, {"cuda": 5.0, "triton": 2.5, "triton_onchip": 3.0})]:  # fmt: skip
+        for impl, t in times.items():
+            rows.append({"impl": impl, "shape": list(shape), "T": 3, "graph_s": t, "eager_s": t, "floor_s": 0.1,
+                         "fits_l2": fits, "max_abs_err": 1e-7})  # fmt: skip
+    rows.append(
+        {"impl": "cuda", "shape": [64, 3000], "T": 3, "floor_s": 0.1, "fits_l2": True, "error": "X: y"}
+    )
+    order = sinkhorn_gpu.size_class_order(rows)
+    assert order == {
+        "fits L2": ["triton_onchip", "triton", "cuda"],
+        "larger than L2": ["triton", "triton_onchip", "cuda"],
+    }
+    device = {"gpu": "G", "date": "d", "torch": "t", "triton": "3", "copy_bandwidth_Bps": 1e12}
+    text = sinkhorn_gpu.markdown({"device": device, "rows": rows})
+    assert "| 16384, 16384, 3 | triton | 2500.000 |" in text and "X: y" in text
