@@ -28,6 +28,7 @@ import torch.multiprocessing as mp
 
 import seer_kernels as sk
 from seer_kernels import _backend, _registry, reference
+from seer_kernels.ops import sinkhorn as sinkhorn_module
 from tests.tolerance import assert_close_rule
 
 BACKENDS = [b for b in _backend.available_backends("cpu", op="sinkhorn") if b != "reference"]
@@ -325,6 +326,23 @@ def test_gpu_triton_wide_row_path(iters):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize(("a", "b", "k", "iters"), [(1, 256, 3000, 3), (2, 3904, 3000, 3), (1, 32, 16000, 10),
+                                                    (1, 7, 3, 0), (2, 64, 257, 1)])  # fmt: skip
+def test_gpu_triton_onchip_path(a, b, k, iters):
+    """The one-launch path on a GPU: every phase in one cooperative launch, grid barriers
+    between them, against float64; and both Triton paths bitwise reproducible (the row
+    passes' fixed-point atomics land in a different order each run)."""
+    _needs_gpu_backend("triton")
+    s = torch.stack([_scores(b, k, seed=50 + i) for i in range(a)])
+    one = SK.onchip_pipeline(s.cuda(), 0.05, iters)
+    for i in range(a):
+        _check(one[i].cpu(), s[i], 0.05, iters, f"triton onchip a={a} {b}x{k} T={iters} crop {i}")
+    assert torch.equal(one, SK.onchip_pipeline(s.cuda(), 0.05, iters))
+    passes = SK.pipeline(s.cuda(), 0.05, iters)
+    assert torch.equal(passes, SK.pipeline(s.cuda(), 0.05, iters))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend", _registry.op("sinkhorn").gpu_backends())
 def test_gpu_no_host_sync(backend):
     """The fused op only launches kernels: no host synchronization anywhere in it."""
@@ -347,6 +365,25 @@ def _blocks(backend: str):
     if backend == "triton":
         return torch.ops.seer_kernels.sinkhorn_colstats_triton, torch.ops.seer_kernels.sinkhorn_codes_triton
     return torch.ops.seer_kernels.sinkhorn_colstats, torch.ops.seer_kernels.sinkhorn_codes
+
+
+@pytest.mark.parametrize(("backend", "device"), TARGETS)
+@pytest.mark.parametrize("normalize", [False, True])
+def test_building_blocks_take_crops(backend, device, normalize):
+    """(A, B, K) scores with (A, K) log_u: each crop's statistics and codes, as one crop
+    at a time gives them (the distributed path's one collective per half-iteration)."""
+    if backend not in sinkhorn_module._CROPS_IN_ONE_CALL:
+        pytest.skip(f"{backend}'s kernels take one crop a call (the wrapper loops over crops)")
+    colstats, codes = _blocks(backend)
+    s = torch.stack([_scores(9, 17, seed=60 + i) for i in range(2)])
+    log_u = torch.randn(2, 17, generator=torch.Generator().manual_seed(3)) * 3
+    stats = colstats(s.to(device), log_u.to(device), 0.05, normalize).cpu()
+    out = codes(s.to(device), log_u.to(device), 0.05, normalize).cpu()
+    assert stats.shape == (2, 2, 17) and out.shape == (2, 9, 17)
+    for i in range(2):
+        one = colstats(s[i].to(device), log_u[i].to(device), 0.05, normalize).cpu()
+        torch.testing.assert_close(stats[i], one, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(out[i], codes(s[i].to(device), log_u[i].to(device), 0.05, normalize).cpu())
 
 
 @pytest.mark.parametrize(("backend", "device"), TARGETS)
@@ -470,7 +507,12 @@ def _distributed_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         full = _scores(sum(_rank_rows()), 23, seed=9)
         start = sum(_rank_rows()[:rank])
         mine = full[start : start + _rank_rows()[rank]]
-        backends = ["reference"] + (["cpu"] if "cpu" in _backend.available_backends("cpu") else [])
+        # Triton runs interpreted here (TRITON_INTERPRET is inherited from the test process).
+        backends = [
+            b
+            for b in ("reference", "cpu", "triton")
+            if b in _backend.available_backends("cpu", op="sinkhorn")
+        ]
         results = {}
         crops = torch.stack([full, _scores(sum(_rank_rows()), 23, seed=10)])[
             :, start : start + _rank_rows()[rank]
@@ -515,6 +557,13 @@ def test_distributed_two_gloo_ranks(tmp_path):
         got = torch.cat([ranks[0][key], ranks[1][key]], dim=-2)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-6, msg=lambda m, key=key: f"{key}: {m}")
     assert len(ranks[0]) >= 6
+    assert {key[0] for key in ranks[0]} == set(_targets_in_workers()), ranks[0].keys()
+
+
+def _targets_in_workers() -> list[str]:
+    return [
+        b for b in ("reference", "cpu", "triton") if b in _backend.available_backends("cpu", op="sinkhorn")
+    ]
 
 
 # ------------------------------------------------------------------ (A, B, K) crops
