@@ -250,6 +250,10 @@ def _rows(
                         lu_t = _log_u(lu_a, acc_a, t - 1, cols, K, log_c, inv_fx, LU)
                         tl.store(lu_a + ((t - 1) % 2) * K + cols, lu_t, mask=cols < K)
                 tl.store(private + cols, tl.zeros([BLOCK_K], tl.float32), mask=cols < K)
+            # The row of sums is read and written by the program's threads in whatever
+            # layout each loop gets: a CTA barrier orders one loop's stores before the
+            # next loop's loads (bar.sync makes a block's global writes visible to it).
+            tl.debug_barrier()
             for r in range(row0, row_end, BLOCK_B):
                 rows = r + tl.arange(0, BLOCK_B)
                 shift, inv_sum = _row_shift_and_inv_sum(
@@ -276,6 +280,7 @@ def _rows(
                     pr = tl.sum(tl.where((rows < row_end)[:, None], pr, 0.0), axis=0)
                     old = tl.load(private + cols, mask=cols < K, other=0.0)
                     tl.store(private + cols, old + pr, mask=cols < K)
+                tl.debug_barrier()
             if OUT == ROW_ATOMIC:
                 for k0 in range(0, K, BLOCK_K):
                     cols = k0 + tl.arange(0, BLOCK_K)
