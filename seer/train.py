@@ -681,11 +681,16 @@ class Trainer:
     def _nothing_to_train(self, stop: int) -> dict:
         """A finished run run again: said, and nothing written (no config, summary or
         export); the summary returned is the one on disk."""
-        why = f"train.stop_at_step={self.cfg.train.stop_at_step}" if stop < self.total_steps else "finished"
+        if stop < self.total_steps:
+            why, further = (
+                f"train.stop_at_step={self.cfg.train.stop_at_step}",
+                "raise or drop train.stop_at_step",
+            )
+        else:
+            why, further = "finished", "raise train.epochs or train.max_steps"
         self._say(
             f"seer-train: {self.run_dir} is already at step {self.step} of {self.total_steps} ({why}): nothing to "
-            "train, nothing changed. Raise train.epochs or train.max_steps to train it further; another run_dir "
-            "starts a new run"
+            f"train, nothing changed. To train it further, {further}; another run_dir starts a new run"
         )
         try:
             summary = json.loads((self.run_dir / "summary.json").read_text())
