@@ -12,6 +12,7 @@ CPU default run on the embedded digits (configs/default.yaml spells them out).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -85,9 +86,14 @@ class AugmentConfig:
     local_crops: int = 4
     local_size: int = 16
     local_scale: list[float] = field(default_factory=lambda: [0.1, 0.3])
+    # Random resized crops: candidate (area, aspect) draws per crop before falling back to
+    # the whole image; torchvision's RandomResizedCrop makes 10. The digits recipe keeps 1,
+    # the draws its measured results were made with.
+    crop_attempts: int = 1
     flip: float = 0.0
     # Probability of colour jitter; its strength s gives brightness/contrast/saturation
-    # 0.8 s and hue 0.2 s (SwAV's get_color_distortion).
+    # 0.8 s and hue 0.2 s, applied in a random order per crop (SwAV's get_color_distortion,
+    # torchvision's ColorJitter).
     color_jitter: float = 0.0
     color_strength: float = 1.0
     grayscale: float = 0.0
@@ -97,8 +103,9 @@ class AugmentConfig:
     rotation: float = 10.0
     shear: float = 10.0
     translate: float = 0.05
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    # The digits' statistics at 32 px, as configs/default.yaml (photos: ImageNet's).
+    mean: list[float] = field(default_factory=lambda: [0.305, 0.305, 0.305])
+    std: list[float] = field(default_factory=lambda: [0.324, 0.324, 0.324])
 
 
 @dataclass
@@ -158,6 +165,8 @@ class TrainConfig:
     # Checkpoint every N optimizer steps (0 = only at epoch ends), keeping the last k.
     checkpoint_every: int = 0
     keep_last: int = 2
+    # true: a tqdm bar on stderr when stderr is a terminal. Otherwise (false, or output sent
+    # to a file or pipe) one plain line every log_every steps on stdout.
     progress: bool = True
     export_backbone: bool = True
     # Seconds a collective may wait before the process group gives up (no hangs).
@@ -317,11 +326,18 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 # ------------------------------------------------------------------------------ loading
 
 
+# Where the shipped configs are: a clone's configs/, or what pip installed from it.
+CONFIG_DIRS = (
+    Path(__file__).resolve().parent.parent / "configs",
+    Path(sys.prefix) / "share" / "seer-kernels" / "configs",
+)
+
+
 def resolve_config_path(name: str | Path) -> Path:
     """A path, or the name of a shipped config (`seer_regnety_32gf` -> configs/...yaml)."""
     path = Path(name)
     candidates = [path, path.with_suffix(".yaml")]
-    for root in (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs"):
+    for root in (Path.cwd() / "configs", *CONFIG_DIRS):
         candidates += [root / path.name, root / f"{path.name}.yaml"]
     for c in candidates:
         if c.is_file():
@@ -361,6 +377,7 @@ def validate(cfg: Config) -> None:
         (cfg.augment.global_crops + cfg.augment.local_crops >= 2, "SwAV needs at least two crops"),
         (cfg.augment.local_crops == 0 or cfg.augment.local_size >= 1, "augment.local_size must be >= 1"),
         (len(cfg.augment.global_scale) == 2, "augment.global_scale must be [min, max]"),
+        (cfg.augment.crop_attempts >= 1, "augment.crop_attempts must be >= 1"),
         (len(cfg.augment.local_scale) == 2, "augment.local_scale must be [min, max]"),
         (len(cfg.augment.blur_sigma) == 2, "augment.blur_sigma must be [min, max]"),
         (len(cfg.augment.mean) == 3 and len(cfg.augment.std) == 3, "augment.mean/std need 3 values"),
@@ -402,3 +419,59 @@ def from_dict(tree: dict[str, Any]) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ------------------------------------------------------------------------ run identity
+
+# What a checkpoint's weights and position mean: the network and its head, the SwAV
+# objective, the data and its order (seed), the augmentation. A session that resumes under
+# other values would continue a different run, so the trainer refuses it. Everything else
+# may change between the sessions of one run: its length (train.epochs, max_steps,
+# stop_at_step), the optimizer (a lower lr after a non-finite loss), logging,
+# checkpointing, precision, devices and distribution.
+RUN_SECTIONS = ("model", "swav", "data", "augment")
+RUN_TOP_KEYS = ("seed",)
+# Keys inside those sections that change how the same thing is computed, not what.
+NOT_RUN_KEYS = ("swav.backend", "data.num_workers", "data.max_consecutive_failures")
+
+
+def run_keys(cfg: Config | None = None) -> list[str]:
+    """The keys a resumed session must share with the checkpoint it continues."""
+    return [
+        k
+        for k in valid_keys(cfg)
+        if (k in RUN_TOP_KEYS or k.split(".")[0] in RUN_SECTIONS) and k not in NOT_RUN_KEYS
+    ]
+
+
+def _comparable(key: str, value: Any) -> Any:
+    if key == "data.path" and isinstance(value, str) and value:
+        return value.rstrip("/") or "/"  # /images/ is /images
+    return value
+
+
+def run_differences(saved: dict[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, new value) of each run key on which `cfg` differs from a
+    checkpoint's saved config (`to_dict` output); a key the saved config predates counts
+    with its default."""
+    flat, defaults = _flatten(saved), Config()
+    differences = []
+    for key in run_keys(cfg):
+        owner, name, _ = _locate(cfg, key)
+        new = getattr(owner, name)
+        d_owner, d_name, _ = _locate(defaults, key)
+        old = flat.get(key, getattr(d_owner, d_name))
+        if _comparable(key, old) != _comparable(key, new):
+            differences.append((key, old, new))
+    return differences
+
+
+def describe_differences(differences: list[tuple[str, Any, Any]]) -> str:
+    """`model.n_prototypes 64 -> 300, data.source 'digits' -> 'folder'` (lists and dicts cut
+    at 60 characters; strings, paths among them, whole)."""
+
+    def short(value: Any) -> str:
+        text = repr(value)
+        return text if isinstance(value, str) or len(text) <= 60 else text[:57] + "..."
+
+    return ", ".join(f"{key} {short(old)} -> {short(new)}" for key, old, new in differences)

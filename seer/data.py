@@ -9,12 +9,15 @@
               copy to the device, so a run measures the device's side alone.
 
 Every source yields batches of (B, 3, S, S) images (float in [0, 1] for digits, uint8 for
-decoded files: four times less to move to the device) plus the number of samples skipped
-while building the batch. Unreadable images (corrupt, truncated, zero bytes, not an image,
-no read permission, deleted since the listing) are skipped with a warning and counted,
-never a crash; so are a folder's unreadable directories and non-regular files (FIFOs,
-broken links), found while listing and counted with the run's first batch. A missing,
-empty or unlistable source is a clear error naming the path.
+decoded files: four times less to move to the device) plus the names of the samples
+skipped while building the batch (file paths, `shard:key`), so that the trainer counts
+each unreadable file once however often it is met. Unreadable images (corrupt, truncated,
+zero bytes, not an image, no read permission, deleted since the listing) are skipped with
+a warning, never a crash; so are a folder's unreadable directories and non-regular files
+(FIFOs, broken links), found while listing and reported with each epoch's first batch. A
+missing, empty or unlistable source, or a folder whose first files are all unreadable, is a
+clear error naming the path. An image smaller than the global crop is upsampled, and said
+once.
 
 Data position: batch `i` of epoch `e` is a pure function of (seed, e, i, rank), so a
 checkpoint stores (epoch, batch index) and a resumed run continues with the next batch.
@@ -41,7 +44,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # image run with a small fraction of bad files must not drown its log.
 _WARN_FIRST, _WARN_EVERY = 20, 1000
 
-Batch = tuple[torch.Tensor, int]
+# Images and the names of the samples skipped while building them.
+Batch = tuple[torch.Tensor, tuple[str, ...]]
 
 
 @dataclass
@@ -81,9 +85,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def decode_image(data: str | Path | bytes, size: int) -> torch.Tensor:
     """A file path or encoded bytes -> (3, size, size) uint8: shorter side resized to
     `size`, centre crop. Raises UnreadableImage for anything that is not a readable image."""
+    return decode_image_sized(data, size)[0]
+
+
+def decode_image_sized(data: str | Path | bytes, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """decode_image, and the (width, height) of the image as stored."""
     try:
         source = io.BytesIO(data) if isinstance(data, bytes) else data
         with Image.open(source) as img:
+            stored = img.size
             img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when larger
             img.load()  # decode now: truncated or corrupt data raises here, not later
             img = ImageOps.exif_transpose(_to_rgb(img))
@@ -93,17 +103,44 @@ def decode_image(data: str | Path | bytes, size: int) -> torch.Tensor:
         raise UnreadableImage(f"{type(exc).__name__}: {exc}") from None
     if array.shape != (size, size, 3):
         raise UnreadableImage(f"decoded to shape {array.shape}")
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1), stored
+
+
+def small_image(what: str, stored: tuple[int, int], crop_size: int) -> str | None:
+    """`what is WxH px` when the image's shorter side is below the global crop size."""
+    return f"{what} is {stored[0]}x{stored[1]} px" if min(stored) < crop_size else None
+
+
+class SmallImageNote:
+    """Warns once, in the process that reads the batches, at the first image whose shorter
+    side is below the global crop: its crops are upsampled (blurrier than their size
+    suggests). DataLoader workers only report such images, so the note survives their
+    restart at every epoch."""
+
+    def __init__(self, crop_size: int) -> None:
+        self.crop_size, self.warned = crop_size, False
+
+    def report(self, small: str | None) -> None:
+        if small is None or self.warned:
+            return
+        self.warned = True
+        warnings.warn(
+            f"{small}, smaller than the {self.crop_size} px global crop (augment.global_size): "
+            "such images are upsampled (said once)",
+            stacklevel=2,
+        )
 
 
 class SkipLog:
-    """Counts skipped samples and rate-limits the warnings about them (per process)."""
+    """Names the skipped samples and rate-limits the warnings about them (per process)."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.names: list[str] = []
 
     def skip(self, what: str, reason: str, kind: str = "unreadable image") -> None:
         self.count += 1
+        self.names.append(what)
         if self.count <= _WARN_FIRST or self.count % _WARN_EVERY == 0:
             more = f" (skipped {self.count} so far in this process)" if self.count >= _WARN_FIRST else ""
             warnings.warn(f"skipping {kind} {what}: {reason}{more}", stacklevel=2)
@@ -116,6 +153,17 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The permutation of sample indices for an epoch, identical on every rank."""
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n, generator=gen)
+
+
+def check_start(source, start: int) -> None:
+    """A resume position lies inside the epoch: batch `start` of `steps_per_epoch()`.
+    Past it (the data shrank, or the batch grew, since the checkpoint) an epoch would be
+    empty, and a caller that loops until its step count would spin forever."""
+    if not 0 <= start < source.steps_per_epoch():
+        raise ValueError(
+            f"start batch {start} is outside the epoch of {source.steps_per_epoch()} batches "
+            f"of {source.description}"
+        )
 
 
 def rank_batches(n: int, batch: int, shard: Shard, seed: int, epoch: int, start: int) -> Iterator[list[int]]:
@@ -156,16 +204,17 @@ class DigitsSource:
         return len(self.images) // (self.batch * self.shard.world)
 
     def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
+        check_start(self, start)
         for idx in rank_batches(len(self.images), self.batch, self.shard, self.seed, epoch, start):
-            yield self.images[idx], 0
+            yield self.images[idx], ()
 
 
 # ------------------------------------------------------------------------ folder
 
 
-def list_images(root: str | Path) -> tuple[list[str], int]:
-    """Image files under `root`, recursively, sorted, and the number of entries skipped
-    while listing. Follows directory symlinks but never twice into the same directory (no
+def list_images(root: str | Path) -> tuple[list[str], list[str]]:
+    """Image files under `root`, recursively, sorted, and the entries skipped while
+    listing. Follows directory symlinks but never twice into the same directory (no
     symlink loops). Only regular files are listed: a FIFO named x.jpg would block its
     reader forever. An unreadable or vanished directory, and a FIFO, device, socket or
     broken link with an image name, is warned about, skipped and counted; an unreadable
@@ -201,7 +250,7 @@ def list_images(root: str | Path) -> tuple[list[str], int]:
         raise ConfigError(
             f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under data.path {str(root)!r}{skipped}"
         )
-    return sorted(files), log.count
+    return sorted(files), log.names
 
 
 def _list_entry(entry: os.DirEntry, files: list[str], pending: list[str], log: SkipLog) -> None:
@@ -221,32 +270,40 @@ def _list_entry(entry: os.DirEntry, files: list[str], pending: list[str], log: S
 
 class FolderDataset(torch.utils.data.Dataset):
     """Decodes file i; an unreadable file is replaced by the next readable one (so the
-    batch keeps its size and the replacement is deterministic) and counted."""
+    batch keeps its size and the replacement is deterministic) and named."""
 
-    def __init__(self, files: list[str], size: int, max_failures: int) -> None:
-        self.files, self.size, self.max_failures = files, size, max_failures
+    def __init__(self, files: list[str], size: int, max_failures: int, crop_size: int = 0) -> None:
+        self.files, self.size, self.max_failures, self.crop_size = files, size, max_failures, crop_size
         self.log = SkipLog()
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, tuple[str, ...], str | None]:
+        """(image, names of the files skipped for it, `small_image` of it)."""
+        skipped: list[str] = []
         for attempt in range(min(self.max_failures, len(self.files))):
             path = self.files[(index + attempt) % len(self.files)]
             try:
-                return decode_image(path, self.size), attempt
+                image, stored = decode_image_sized(path, self.size)
+                return image, tuple(skipped), small_image(path, stored, self.crop_size)
             except UnreadableImage as exc:
                 self.log.skip(path, str(exc))
             except OSError as exc:  # vanished or unreadable since listing
                 self.log.skip(path, f"{type(exc).__name__}: {exc}")
+            skipped.append(path)
         raise RuntimeError(
             f"no readable image in {min(self.max_failures, len(self.files))} consecutive files "
             f"from {self.files[index]!r}: is data.path {os.path.dirname(self.files[index])!r} an image folder?"
         )
 
 
-def collate(items: list[tuple[torch.Tensor, int]]) -> Batch:
-    return torch.stack([x for x, _ in items]), sum(n for _, n in items)
+def collate(
+    items: list[tuple[torch.Tensor, tuple[str, ...], str | None]],
+) -> tuple[torch.Tensor, tuple[str, ...], str | None]:
+    """(images, skipped names, the first small image's note or None)."""
+    small = next((note for _, _, note in items if note is not None), None)
+    return torch.stack([x for x, _, _ in items]), tuple(n for _, names, _ in items for n in names), small
 
 
 class _OffsetBatches(torch.utils.data.Sampler):
@@ -261,13 +318,36 @@ class _OffsetBatches(torch.utils.data.Sampler):
 
 
 class FolderSource:
-    def __init__(self, cfg: DataConfig, batch: int, shard: Shard, seed: int) -> None:
-        self.files, self.listing_skips = list_images(cfg.path)
+    def __init__(self, cfg: DataConfig, batch: int, shard: Shard, seed: int, crop_size: int = 0) -> None:
+        self.files, self.listing_skipped = list_images(cfg.path)
         self.cfg, self.batch, self.shard, self.seed = cfg, batch, shard, seed
-        self.dataset = FolderDataset(self.files, cfg.image_size, cfg.max_consecutive_failures)
-        n = self.listing_skips
+        self.dataset = FolderDataset(self.files, cfg.image_size, cfg.max_consecutive_failures, crop_size)
+        self.small = SmallImageNote(crop_size)
+        n = len(self.listing_skipped)
         skipped = f", {n} {'entry' if n == 1 else 'entries'} skipped while listing" if n else ""
         self.description = f"folder {cfg.path} ({len(self.files)} files{skipped}, {cfg.image_size} px)"
+        self._probe()
+
+    @property
+    def listing_skips(self) -> int:
+        return len(self.listing_skipped)
+
+    def _probe(self) -> None:
+        """A folder whose first files (in listing order, up to data.max_consecutive_failures)
+        are all unreadable is a configuration error now, not a failure at the first step."""
+        tried = self.files[: max(1, min(self.cfg.max_consecutive_failures, len(self.files)))]
+        reasons = []
+        for path in tried:
+            try:
+                decode_image_sized(path, 1)
+                return
+            except (UnreadableImage, OSError) as exc:
+                reasons.append(f"{os.path.basename(path)}: {exc}")
+        every = "all" if len(tried) == len(self.files) else "the first"
+        raise ConfigError(
+            f"data.path {self.cfg.path!r} holds no readable image: {every} {len(tried)} of its "
+            f"{len(self.files)} image files failed to decode (e.g. {reasons[0]})"
+        )
 
     def __len__(self) -> int:
         return len(self.files)
@@ -276,6 +356,7 @@ class FolderSource:
         return len(self.files) // (self.batch * self.shard.world)
 
     def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
+        check_start(self, start)
         batches = list(rank_batches(len(self.files), self.batch, self.shard, self.seed, epoch, start))
         loader = torch.utils.data.DataLoader(
             self.dataset,
@@ -284,12 +365,13 @@ class FolderSource:
             collate_fn=collate,
             pin_memory=torch.cuda.is_available(),
         )
-        # The listing's skips join the count once per run: with the first batch of the
-        # first epoch (a resumed run has them in its checkpointed counters already).
-        listing = self.listing_skips if (epoch, start) == (0, 0) else 0
-        for images, skipped in loader:
-            yield images, skipped + listing
-            listing = 0
+        # The listing's skips come with the first batch of every epoch; the trainer counts
+        # each name once.
+        listing = tuple(self.listing_skipped)
+        for images, skipped, small in loader:
+            self.small.report(small)
+            yield images, listing + skipped
+            listing = ()
 
 
 # ------------------------------------------------------------------------ webdataset
@@ -345,16 +427,19 @@ class ShardStream(torch.utils.data.IterableDataset):
     shards (shuffled per epoch); with fewer, every slot reads all shards and keeps every
     n-th sample. Shards are cycled, so an epoch is a sample count, not a pass."""
 
-    def __init__(self, urls: list[str], size: int, shard: Shard, seed: int, epoch: int) -> None:
+    def __init__(
+        self, urls: list[str], size: int, shard: Shard, seed: int, epoch: int, crop_size: int = 0
+    ) -> None:
         super().__init__()
         self.urls, self.size, self.shard, self.seed, self.epoch = urls, size, shard, seed, epoch
+        self.crop_size = crop_size
 
     def _slot(self) -> tuple[int, int]:
         info = torch.utils.data.get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
         return self.shard.rank * workers + worker, self.shard.world * workers
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, tuple[str, ...], str | None]]:
         slot, n_slots = self._slot()
         log, reported, cycle = SkipLog(), 0, 0
         while True:
@@ -366,22 +451,28 @@ class ShardStream(torch.utils.data.IterableDataset):
                     if stride > 1 and i % stride != slot:
                         continue
                     try:
-                        sample = decode_image(data, self.size)
+                        sample, stored = decode_image_sized(data, self.size)
                     except UnreadableImage as exc:
                         log.skip(f"{url}:{key}", str(exc))
                         continue
                     produced = True
-                    yield sample, log.count - reported
-                    reported = log.count
+                    yield (
+                        sample,
+                        tuple(log.names[reported:]),
+                        small_image(f"{url}:{key}", stored, self.crop_size),
+                    )
+                    reported = len(log.names)
             if not produced:
                 raise RuntimeError(f"no readable image in the shards of this worker: {mine[:3]}")
             cycle += 1
 
 
 class WebDatasetSource:
-    def __init__(self, cfg: DataConfig, batch: int, shard: Shard, seed: int) -> None:
+    def __init__(self, cfg: DataConfig, batch: int, shard: Shard, seed: int, crop_size: int = 0) -> None:
         self.urls = expand_shards(cfg.path)
         self.cfg, self.batch, self.shard, self.seed = cfg, batch, shard, seed
+        self.crop_size = crop_size
+        self.small = SmallImageNote(crop_size)
         self.description = f"webdataset {cfg.path} ({len(self.urls)} shards, {cfg.epoch_size} samples/epoch)"
 
     def __len__(self) -> int:
@@ -391,16 +482,18 @@ class WebDatasetSource:
         return self.cfg.epoch_size // (self.batch * self.shard.world)
 
     def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
-        stream = ShardStream(self.urls, self.cfg.image_size, self.shard, self.seed, epoch)
+        check_start(self, start)
+        stream = ShardStream(self.urls, self.cfg.image_size, self.shard, self.seed, epoch, self.crop_size)
         loader = torch.utils.data.DataLoader(
             stream, batch_size=self.batch, num_workers=self.cfg.num_workers, collate_fn=collate
         )
         # Streams cannot seek: a resumed epoch reads and drops the batches already used.
-        for i, batch in enumerate(loader):
+        for i, (images, skipped, small) in enumerate(loader):
             if i >= self.steps_per_epoch():
                 return
             if i >= start:
-                yield batch
+                self.small.report(small)
+                yield images, skipped
 
 
 # ------------------------------------------------------------------------ synthetic
@@ -438,16 +531,25 @@ class SyntheticSource:
         return torch.randint(0, 256, shape, dtype=torch.uint8, device=self.device, generator=gen)
 
     def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
+        check_start(self, start)
         for index in range(start, self.steps_per_epoch()):
-            yield self.batch_at(epoch, index), 0
+            yield self.batch_at(epoch, index), ()
 
 
-def build_source(cfg: DataConfig, batch: int, shard: Shard, seed: int, device: torch.device | str = "cpu"):
-    """The source `cfg.source` for this rank; `device` is where the synthetic source draws."""
+def build_source(
+    cfg: DataConfig,
+    batch: int,
+    shard: Shard,
+    seed: int,
+    device: torch.device | str = "cpu",
+    crop_size: int = 0,
+):
+    """The source `cfg.source` for this rank; `device` is where the synthetic source draws;
+    decoded files smaller than `crop_size` (the global crop) are said once."""
     if cfg.source == "synthetic":
         source = SyntheticSource(cfg, batch, shard, seed, torch.device(device))
     else:
-        source = _file_source(cfg, batch, shard, seed)
+        source = _file_source(cfg, batch, shard, seed, crop_size)
     if source.steps_per_epoch() < 1:
         raise ConfigError(
             f"{source.description}: fewer samples than one global batch "
@@ -456,8 +558,10 @@ def build_source(cfg: DataConfig, batch: int, shard: Shard, seed: int, device: t
     return source
 
 
-def _file_source(cfg: DataConfig, batch: int, shard: Shard, seed: int):
-    sources = {"digits": DigitsSource, "folder": FolderSource, "webdataset": WebDatasetSource}
-    if cfg.source != "digits" and not cfg.path:
+def _file_source(cfg: DataConfig, batch: int, shard: Shard, seed: int, crop_size: int):
+    if cfg.source == "digits":
+        return DigitsSource(cfg, batch, shard, seed)
+    if not cfg.path:
         raise ConfigError(f"data.path is required for data.source={cfg.source} (e.g. data.path=/data/images)")
-    return sources[cfg.source](cfg, batch, shard, seed)
+    sources = {"folder": FolderSource, "webdataset": WebDatasetSource}
+    return sources[cfg.source](cfg, batch, shard, seed, crop_size)

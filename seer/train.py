@@ -9,12 +9,24 @@ Arguments after the options are `key=value` overrides of the config (see seer.co
 `--print-config` shows the resolved config. The run folder (`run_dir`) receives
 config.yaml, checkpoints/, metrics.jsonl, tensorboard/ (when installed), training.png,
 summary.json and, at the end, the exported backbone (backbone.pt + backbone.json).
+
+A session continues the run in `run_dir` (resume=auto) only when the checkpoint's config
+agrees on the keys that define a run (seer.config.run_keys: model, swav, data, augment,
+seed); otherwise it stops before writing anything, unless --force-resume or --new-run
+says what to do. Configuration mistakes (an unknown architecture, a missing device, a
+backend the device cannot run, a folder without a readable image) stop it the same way:
+one line, exit status 2, nothing written.
+
+Output: the banner, one line every train.log_every steps (a tqdm bar instead when stderr
+is a terminal and train.progress is true) and the summary go to stdout; warnings and
+errors to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import math
 import os
@@ -31,10 +43,18 @@ from tqdm import tqdm
 
 from seer import checkpoint as ckpt_io
 from seer import distributed as D
-from seer.augment import MultiCrop
-from seer.config import Config, ConfigError, load_config, save_config, to_dict
+from seer.augment import MultiCrop, describe, recipe_name
+from seer.config import (
+    Config,
+    ConfigError,
+    describe_differences,
+    load_config,
+    run_differences,
+    save_config,
+    to_dict,
+)
 from seer.data import Shard, build_source
-from seer.models import build_model, compile_blocks, flops_per_image, parameter_counts
+from seer.models import build_model, compile_blocks, flops_per_image, parameter_counts, timm_name
 from seer.monitor import (
     MetricsLog,
     PhaseTimer,
@@ -92,6 +112,62 @@ def cap_onednn_isa() -> bool:
     return True
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
+# ------------------------------------------------------------------------ checks
+
+
+def check_device(cfg: Config) -> None:
+    """device=cuda without a visible GPU (or a local rank past the GPUs) is a config error
+    before any process group, file or model exists."""
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "device=cuda but this machine has no usable CUDA device (torch.cuda.is_available() is false); "
+            "use device=auto or device=cpu"
+        )
+    local_rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local_rank >= count:
+        raise ConfigError(
+            f"device={cfg.device}: LOCAL_RANK {local_rank} but only {count} CUDA devices are visible"
+        )
+
+
+def check_arch(cfg: Config) -> None:
+    """model.arch names a timm model (or SEER's regnety_10b)."""
+    import timm
+
+    name, _ = timm_name(cfg.model.arch, cfg.model.timm_kwargs)
+    if timm.is_model(name):
+        return
+    near = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else " (timm.list_models() lists them)"
+    raise ConfigError(f"model.arch {cfg.model.arch!r} is not a timm model{hint}")
+
+
+def check_backend(cfg: Config, device: torch.device) -> None:
+    """swav.backend (or SEER_KERNELS_BACKEND when it is unset) runs every op on `device`;
+    otherwise the first step would fail, after the run folder was written."""
+    from seer_kernels import _backend, _registry
+
+    key, value = "swav.backend", cfg.swav.backend
+    if not value:
+        key, value = "SEER_KERNELS_BACKEND", os.environ.get("SEER_KERNELS_BACKEND", "")
+        if not value:
+            return
+    for op in _registry.OPS:
+        try:
+            _backend.resolve(cfg.swav.backend or None, device, op)
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(f"{key}={value!r} cannot run this run's ops on {device.type}: {exc}") from None
+
+
 # ------------------------------------------------------------------------ RNG state
 
 
@@ -120,10 +196,16 @@ def set_rng_state(state: dict, gen: torch.Generator, device: torch.device) -> No
 
 
 class Trainer:
-    """Owns the model, optimizer, data, queue and position of one training run."""
+    """Owns the model, optimizer, data, queue and position of one training run.
 
-    def __init__(self, cfg: Config) -> None:
+    `force_resume`: continue the checkpoint even where its run keys differ from `cfg`.
+    `new_run`: where run_dir holds a different run, train in the first of run_dir-2,
+    run_dir-3, ... that is empty or holds this run."""
+
+    def __init__(self, cfg: Config, force_resume: bool = False, new_run: bool = False) -> None:
         self.cfg = cfg
+        check_device(cfg)
+        check_arch(cfg)
         self.info = D.setup(cfg)
         configure_torch(cfg)
         self.device = self.info.device
@@ -139,13 +221,19 @@ class Trainer:
             raise ConfigError("train.precision=fp16 is not supported with distributed=fsdp; use bf16")
         if cfg.optimizer.sharded and self.info.mode == "fsdp":
             raise ConfigError("optimizer.sharded=true is for DDP; FSDP already shards the optimizer state")
+        check_backend(cfg, self.device)
         self.run_dir = Path(cfg.run_dir)
-        if self.info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        D.barrier(self.info)
+        # Which checkpoint this session continues, if any, is settled before anything is
+        # built or written (run_dir is created by fit, when training starts).
+        self._resume_from = self._choose_run(force_resume, new_run)
 
         self.source = build_source(
-            cfg.data, cfg.train.batch_size, Shard(self.info.rank, self.info.world), cfg.seed, self.device
+            cfg.data,
+            cfg.train.batch_size,
+            Shard(self.info.rank, self.info.world),
+            cfg.seed,
+            self.device,
+            crop_size=cfg.augment.global_size,
         )
         self.steps_per_epoch = self.source.steps_per_epoch()
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
@@ -166,16 +254,30 @@ class Trainer:
 
         self.step = self.epoch = self.batch_in_epoch = 0
         self.counters = {"images_seen": 0, "skipped_images": 0, "nonfinite_steps": 0}
+        # Unreadable samples by name: each counts once however often it is met. `skipped`
+        # is the union over the ranks (rank 0's), `_new_skips` this rank's since the last
+        # merge; `_skipped_base` the count of a checkpoint that predates the names.
+        self.skipped: set[str] = set()
+        self._new_skips: set[str] = set()
+        self._skipped_base = 0
         self.last_checkpoint: Path | None = None
         self.last_saved_step = -1
         self.last_loss = float("nan")
         self.resume()
+        if self.info.is_main:
+            self._config_warnings()
 
     # -------------------------------------------------------------- construction
 
     def _build_model(self):
         cfg = self.cfg
-        model = build_model(cfg.model, backend=cfg.swav.backend or None).to(self.device)
+        try:
+            model = build_model(cfg.model, backend=cfg.swav.backend or None)
+        except ValueError as exc:  # timm refused model.timm_kwargs
+            raise ConfigError(
+                f"model.timm_kwargs {cfg.model.timm_kwargs} with model.arch {cfg.model.arch!r}: {exc}"
+            ) from None
+        model = model.to(self.device)
         if cfg.train.channels_last and self.info.mode != "fsdp":
             # FSDP2 shards only contiguous parameters; under FSDP the inputs alone are NHWC,
             # which the convolutions follow.
@@ -205,61 +307,173 @@ class Trainer:
 
     # -------------------------------------------------------------- checkpoints
 
-    def _find_resume(self) -> Path | None:
-        cfg = self.cfg
-        if cfg.resume == "none":
-            existing = ckpt_io.list_checkpoints(self.run_dir)
-            if existing:
+    def _say(self, message: str) -> None:
+        """A line of the run's story (rank 0, stdout, flushed at once for log files)."""
+        if self.info.is_main:
+            print(message, flush=True)
+
+    def _warn(self, message: str) -> None:
+        if self.info.is_main:
+            print(f"seer-train: warning: {message}", file=sys.stderr, flush=True)
+
+    def _choose_run(self, force_resume: bool, new_run: bool) -> tuple[Path, dict | None] | None:
+        """The checkpoint this session continues (its path, and its contents on rank 0,
+        which read them), or None for a fresh start. Decided on rank 0 and broadcast, so
+        every rank refuses, resumes or starts alike; a refusal raises ConfigError."""
+        if new_run and self.cfg.resume not in ("auto", "none"):
+            raise ConfigError("--new-run goes with resume=auto or resume=none, not with a checkpoint path")
+        if force_resume and self.cfg.resume == "none":
+            raise ConfigError(
+                "--force-resume goes with resume=auto or a checkpoint path, not with resume=none"
+            )
+        decision: tuple = ("error", "")
+        state = None
+        if self.info.is_main:
+            try:
+                run_dir, path, state, note = self._decide(force_resume, new_run)
+                decision = ("ok", str(run_dir), None if path is None else str(path), note)
+            except ConfigError as exc:
+                decision = ("error", str(exc))
+        decision = D.broadcast_from_main(decision, self.info)
+        if decision[0] == "error":
+            raise ConfigError(decision[1])
+        _, run_dir, path, note = decision
+        if run_dir != str(self.run_dir):
+            self.cfg.run_dir, self.run_dir = run_dir, Path(run_dir)
+        if note:
+            self._say(f"seer-train: {note}")
+        return None if path is None else (Path(path), state)
+
+    def _decide(self, force_resume: bool, new_run: bool) -> tuple[Path, Path | None, dict | None, str]:
+        """(run_dir, checkpoint or None, its contents, a note to print), on rank 0."""
+        cfg, home = self.cfg, Path(self.cfg.run_dir)
+        if cfg.resume not in ("auto", "none"):
+            path = Path(cfg.resume)
+            if not path.is_file():
+                raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint file")
+            try:
+                state = ckpt_io.load_checkpoint(path)
+            except Exception as exc:  # any unreadable file
+                raise ConfigError(f"resume={cfg.resume!r}: {exc}") from None
+            differences = run_differences(state["config"], cfg)
+            if differences and not force_resume:
                 raise ConfigError(
-                    f"run_dir {str(self.run_dir)!r} already holds checkpoints ({existing[-1].name}); "
-                    "use resume=auto to continue that run, or another run_dir"
+                    f"checkpoint {path} belongs to a run with other settings: {describe_differences(differences)}; "
+                    "--force-resume continues from it with the new settings"
                 )
-            return None
-        if cfg.resume == "auto":
-            found = ckpt_io.latest_checkpoint(self.run_dir) if self.info.is_main else None
-            path = D.broadcast_from_main(str(found[0]) if found else None, self.info)
-            return Path(path) if path else None
-        path = Path(cfg.resume)
-        if not path.is_file():
-            raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint file")
-        return path
+            return home, path, state, self._forced_note(differences)
+        for run_dir in self._run_dirs(home, new_run):
+            note = (
+                f"run_dir {home} holds a different run: this one is in {run_dir}" if run_dir != home else ""
+            )
+            if cfg.resume == "none":
+                existing = ckpt_io.list_checkpoints(run_dir)
+                if not existing:
+                    return run_dir, None, None, note
+                if not new_run:
+                    raise ConfigError(
+                        f"run_dir {str(run_dir)!r} already holds checkpoints ({existing[-1].name}); use "
+                        "resume=auto to continue that run, --new-run to start one in a numbered run_dir "
+                        "beside it, or another run_dir"
+                    )
+                continue
+            found = ckpt_io.latest_checkpoint(run_dir)
+            if found is None:
+                return run_dir, None, None, note
+            path, state = found
+            differences = run_differences(state["config"], cfg)
+            if not differences:
+                return run_dir, path, state, note
+            if force_resume:
+                return run_dir, path, state, self._forced_note(differences)
+            if not new_run:
+                raise ConfigError(
+                    f"run_dir {str(run_dir)!r} holds a run with other settings ({path.name}): "
+                    f"{describe_differences(differences)}. --force-resume continues it with the new settings, "
+                    "--new-run starts a new run beside it (run_dir-2, -3, ...), or give another run_dir"
+                )
+        raise AssertionError("unreachable: _run_dirs is endless")
+
+    @staticmethod
+    def _run_dirs(home: Path, numbered: bool):
+        """run_dir, then (with --new-run) run_dir-2, run_dir-3, ..."""
+        yield home
+        if numbered:
+            base = home if home.name else home.resolve()  # run_dir=. has no name of its own
+            n = 2
+            while True:
+                yield base.with_name(f"{base.name}-{n}")
+                n += 1
+
+    @staticmethod
+    def _forced_note(differences: list) -> str:
+        if not differences:
+            return ""
+        return f"--force-resume: continuing with new settings: {describe_differences(differences)}"
 
     def resume(self) -> None:
-        path = self._find_resume()
-        if path is None:
+        if self._resume_from is None:
             return
-        state = ckpt_io.load_checkpoint(path)
-        if state["arch"] != self.cfg.model.arch:
-            raise ConfigError(
-                f"checkpoint {path} was trained with model.arch={state['arch']!r}, not {self.cfg.model.arch!r}"
-            )
+        path, state = self._resume_from
+        self._resume_from = None
+        if state is None:
+            state = ckpt_io.load_checkpoint(path)
+        self._check_shapes(path, state["model"])
         D.load_model_state(self.raw, state["model"])
         D.load_optimizer_state(self.raw, self.optimizer, state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch"]
         self.counters.update(state.get("counters", {}))
+        self.skipped = set(state.get("skipped", ()))
+        self._skipped_base = max(self.counters["skipped_images"] - len(self.skipped), 0)
         self.last_loss = state.get("last_loss", float("nan"))
         if state["world_size"] == self.info.world:
             mine = state["ranks"][self.info.rank]
             if self.queue is not None and mine["queue"] is not None:
                 self.queue.load_state_dict(mine["queue"])
             set_rng_state(mine["rng"], self.gen, self.device)
-        elif self.info.is_main:
-            print(
-                f"note: {path} was written by {state['world_size']} ranks, this run has {self.info.world}: "
-                "queues and random streams start afresh",
-                file=sys.stderr,
+        else:
+            self._say(
+                f"seer-train: {path} was written by {state['world_size']} ranks, this run has {self.info.world}: "
+                "queues and random streams start afresh"
             )
         self.last_checkpoint, self.last_saved_step = path, self.step
-        if self.info.is_main:
-            print(
-                f"resumed from {path}: step {self.step}, epoch {self.epoch}, batch {self.batch_in_epoch}",
-                file=sys.stderr,
+        self._say(f"resumed from {path}: step {self.step}, epoch {self.epoch}, batch {self.batch_in_epoch}")
+        if self.batch_in_epoch >= self.steps_per_epoch:
+            # The data shrank (or the batch grew) since the checkpoint: no batch is left in
+            # its epoch. Reading from there would find none, forever.
+            self._say(
+                f"seer-train: batch {self.batch_in_epoch} of epoch {self.epoch} lies past the end of this data's "
+                f"epoch ({self.steps_per_epoch} batches): continuing at epoch {self.epoch + 1}, batch 0"
+            )
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def _check_shapes(self, path: Path, saved: dict) -> None:
+        """Weights that do not fit the model (a forced resume across a change of model
+        keys) are a config error naming them, not load_state_dict's traceback."""
+        own = {k: tuple(v.shape) for k, v in self.raw.state_dict().items()}
+        missing = [k for k in own if k not in saved]
+        unexpected = [k for k in saved if k not in own]
+        shapes = [
+            f"{k} {tuple(saved[k].shape)} -> {own[k]}"
+            for k in own
+            if k in saved and tuple(saved[k].shape) != own[k]
+        ]
+        if missing or unexpected or shapes:
+            problems = (
+                shapes[:3]
+                + [f"missing {k}" for k in missing[:2]]
+                + [f"unexpected {k}" for k in unexpected[:2]]
+            )
+            raise ConfigError(
+                f"the weights of {path} do not fit this model ({len(shapes)} of another shape, {len(missing)} missing, "
+                f"{len(unexpected)} unexpected: {', '.join(problems)}); a change of model keys cannot be resumed"
             )
 
     def save_checkpoint(self) -> None:
         """Collective: every rank contributes its shard, queue and random state."""
+        self._merge_skips()
         model_state = D.model_state(self.raw)
         optim_state = D.optimizer_state(self.raw, self.optimizer)
         queue = None if self.queue is None else {k: v.cpu() for k, v in self.queue.state_dict().items()}
@@ -281,6 +495,7 @@ class Trainer:
                 "ranks": ranks,
                 "world_size": self.info.world,
                 "counters": dict(self.counters),
+                "skipped": sorted(self.skipped),
                 "last_loss": self.last_loss,
             }
             ckpt_io.atomic_save(state, path)
@@ -389,32 +604,41 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg, info = self.cfg, self.info
+        stop = self._stop_step()
+        if self.step >= stop:
+            return self._nothing_to_train(stop)
         if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
             self._announce()
         log = MetricsLog(self.run_dir, enabled=info.is_main)
         timer = PhaseTimer(self.device)
         clock = Throughput(self.device, cfg.train.throughput_warmup_steps)
         self._warmup_phases: dict[str, float] = {}
+        # A bar only where a person watches: sent to a file, tqdm's carriage returns
+        # make one endless line, so the log gets a plain line per log interval instead.
+        use_bar = info.is_main and cfg.train.progress and _is_terminal(sys.stderr)
+        self._plain_lines = info.is_main and not use_bar
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
-            disable=not (info.is_main and cfg.train.progress),
+            disable=not use_bar,
             dynamic_ncols=True,
             unit="step",
             file=sys.stderr,
         )
         start_step, start_time = self.step, time.perf_counter()
         window = {"loss": 0.0, "n": 0}
-        stop = self._stop_step()
         clock.start()
         try:
             while self.step < stop:
-                epoch = self.epoch
-                batches = self.source.epoch(epoch, self.batch_in_epoch)
+                epoch, first = self.epoch, self.batch_in_epoch
+                batches = self.source.epoch(epoch, first)
                 timer.start()
+                produced = 0
                 for images, skipped in batches:
-                    self.counters["skipped_images"] += skipped
+                    produced += 1
+                    self._new_skips.update(skipped)
                     want_stats = (self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == stop
                     out = self.train_step(images, timer, want_stats)
                     lr = self.schedule(self.step)
@@ -439,6 +663,13 @@ class Trainer:
                     if self.step >= stop or self.epoch != epoch:
                         break
                     timer.start()
+                if not produced:
+                    # Every pass of this loop trains at least one step or ends the run: a
+                    # source with nothing from this position would otherwise spin forever.
+                    raise RuntimeError(
+                        f"{self.source.description} gave no batch for epoch {epoch} from batch {first} "
+                        f"(of {self.steps_per_epoch} per epoch)"
+                    )
         finally:
             bar.close()
             log.close()
@@ -447,11 +678,52 @@ class Trainer:
                 self.save_checkpoint()
         return self._finish(start_step, time.perf_counter() - start_time, timer, clock)
 
+    def _nothing_to_train(self, stop: int) -> dict:
+        """A finished run run again: said, and nothing written (no config, summary or
+        export); the summary returned is the one on disk."""
+        if stop < self.total_steps:
+            why, further = (
+                f"train.stop_at_step={self.cfg.train.stop_at_step}",
+                "raise or drop train.stop_at_step",
+            )
+        else:
+            why, further = "finished", "raise train.epochs or train.max_steps"
+        self._say(
+            f"seer-train: {self.run_dir} is already at step {self.step} of {self.total_steps} ({why}): nothing to "
+            f"train, nothing changed. To train it further, {further}; another run_dir starts a new run"
+        )
+        try:
+            summary = json.loads((self.run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+        return {
+            **summary,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "epoch": self.epoch,
+            "steps_run": 0,
+            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+        }
+
     def _checkpoint_due(self, epoch_before: int) -> bool:
         every = self.cfg.train.checkpoint_every
         return self.epoch != epoch_before or (every > 0 and self.step % every == 0)
 
+    def _merge_skips(self) -> None:
+        """Collective: the names of the samples skipped on every rank since the last merge
+        join rank 0's set; skipped_images counts the set (files, not encounters)."""
+        new = sorted(self._new_skips)
+        self._new_skips.clear()
+        if self.info.world > 1:
+            if not D.any_rank(bool(new), self.info):
+                return
+            parts = D.gather_to_main(new, self.info)
+            new = [name for part in parts or [] for name in part]
+        self.skipped.update(new)
+        self.counters["skipped_images"] = self._skipped_base + len(self.skipped)
+
     def _log(self, log: MetricsLog, window: dict, out: dict, lr: float, clock: Throughput) -> None:
+        self._merge_skips()
         if window["n"]:
             self.last_loss = window["loss"] / window["n"]
         steady = clock.steady_rate()
@@ -473,22 +745,42 @@ class Trainer:
         }
         log.write(record)
         window.update(loss=0.0, n=0)
+        if self._plain_lines:
+            skipped = (
+                f", skipped images {self.counters['skipped_images']}"
+                if self.counters["skipped_images"]
+                else ""
+            )
+            print(
+                f"step {self.step}/{self.total_steps} (epoch {self.epoch}): loss {self.last_loss:.4f}, "
+                f"lr {lr:.3g}, {record['img_s']:.1f} images/s{skipped}",
+                flush=True,
+            )
 
     def _announce(self) -> None:
         counts = parameter_counts(self.raw)
-        print(
+        self._say(
             f"seer-train: {self.cfg.model.arch} ({counts['trunk'] / 1e6:.2f}M trunk, {counts['total'] / 1e6:.2f}M total), "
             f"{self.source.description}, {self.info.world} x {self.cfg.train.batch_size} images/step, "
             f"{self.n_global}x{self.cfg.augment.global_size} + {self.n_crops - self.n_global}x{self.cfg.augment.local_size} crops, "
             f"{self.total_steps} steps ({self.steps_per_epoch}/epoch), {self.device}, {self.precision}, "
-            f"mode {self.info.mode}, run_dir {self.run_dir}",
-            file=sys.stderr,
+            f"mode {self.info.mode}, run_dir {self.run_dir}"
         )
-        if self.step >= self._stop_step():
-            print(
-                f"seer-train: {self.run_dir} is already at step {self.step} of {self.total_steps}: nothing to "
-                "train (use another run_dir, or delete this one, for a fresh run)",
-                file=sys.stderr,
+        self._say(f"seer-train: augment: {describe(self.cfg.augment)}")
+
+    def _config_warnings(self) -> None:
+        """Settings that run, but rarely as meant: said once, at the start."""
+        cfg = self.cfg
+        if cfg.data.source in ("folder", "webdataset") and recipe_name(cfg.augment) == "digits recipe":
+            self._warn(
+                f"data.source={cfg.data.source} with the digits recipe (rotation and shear, no flip or colour "
+                "jitter, the digits' mean/std): for photos, SwAV's recipe is -c photos (or the augment keys of "
+                "configs/photos.yaml)"
+            )
+        if cfg.augment.global_size > cfg.data.image_size and cfg.data.source != "synthetic":
+            self._warn(
+                f"augment.global_size {cfg.augment.global_size} > data.image_size {cfg.data.image_size}: every "
+                "global crop is upsampled from the decoded image; decode at least at the crop size"
             )
 
     def _flops(self, images_per_s: float) -> dict:
@@ -510,6 +802,7 @@ class Trainer:
         }
 
     def _finish(self, start_step: int, wall: float, timer: PhaseTimer, clock: Throughput) -> dict:
+        self._merge_skips()
         phases = timer.collect()
         # Before the warm-up ends, the timer's totals are all the warm-up's.
         warmup_phases = self._warmup_phases if clock.steps >= clock.warmup_steps else phases
@@ -562,7 +855,7 @@ class Trainer:
                         "proto_spread": summary.get("proto_spread") or float("nan"),
                     }
                 ),
-                file=sys.stderr,
+                flush=True,
             )
         return summary
 
@@ -572,6 +865,7 @@ class Trainer:
 
 def dry_run(cfg: Config) -> dict:
     """Build the model on the meta device (no memory) and report its size."""
+    check_arch(cfg)
     with torch.device("meta"):
         model = build_model(cfg.model)
     counts = parameter_counts(model)
@@ -596,12 +890,15 @@ def failure_note(trainer: Trainer | None, exc: BaseException) -> str:
     )
 
 
-def train(cfg: Config) -> dict:
-    """Run (or continue) the training described by `cfg`; returns the summary."""
+def train(cfg: Config, force_resume: bool = False, new_run: bool = False) -> dict:
+    """Run (or continue) the training described by `cfg`; returns the summary. See
+    Trainer for `force_resume` and `new_run`."""
     trainer = None
     try:
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, force_resume=force_resume, new_run=new_run)
         return trainer.fit()
+    except ConfigError:
+        raise  # every rank refuses alike (decided on rank 0): no rank is a victim of another
     except Exception as exc:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             print(failure_note(trainer, exc), file=sys.stderr, flush=True)
@@ -615,7 +912,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="seer-train",
         description="SEER/SwAV pretraining of a timm RegNet (see docs/training.md).",
-        epilog="overrides: key=value pairs, e.g. train.batch_size=64 optimizer.lr=0.3 resume=auto",
+        epilog="overrides: key=value pairs, e.g. train.batch_size=64 optimizer.lr=0.3 resume=auto. "
+        "A run_dir holding a run with other model/swav/data/augment/seed keys is refused (exit 2) "
+        "unless --force-resume or --new-run is given. train.progress=true shows a tqdm bar when "
+        "stderr is a terminal; otherwise a line every train.log_every steps goes to stdout.",
     )
     parser.add_argument(
         "-c",
@@ -626,6 +926,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument(
         "--dry-run", action="store_true", help="build the model on the meta device, print sizes, exit"
+    )
+    mismatch = parser.add_mutually_exclusive_group()
+    mismatch.add_argument(
+        "--force-resume",
+        action="store_true",
+        help="continue the checkpoint of run_dir (or resume=PATH) even where its model, swav, data, "
+        "augment or seed keys differ from this config (it then trains on with the new values)",
+    )
+    mismatch.add_argument(
+        "--new-run",
+        action="store_true",
+        help="where run_dir holds a run with other model, swav, data, augment or seed keys, train in "
+        "the first of RUN_DIR-2, RUN_DIR-3, ... that is empty or holds this run, instead of refusing",
     )
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     return parser.parse_args(argv)
@@ -641,11 +954,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
-    if args.dry_run:
-        dry_run(cfg)
-        return 0
     try:
-        train(cfg)
+        if args.dry_run:
+            dry_run(cfg)
+            return 0
+        train(cfg, force_resume=args.force_resume, new_run=args.new_run)
     except (ConfigError, NonFiniteLoss) as exc:
         print(f"seer-train: error: {exc}", file=sys.stderr)
         return 2

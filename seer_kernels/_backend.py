@@ -109,28 +109,45 @@ def available_backends(device: str | torch.device | None = None, op: str | None 
     return [b for b in BACKENDS if _usable(b, device_type, op)]
 
 
+ENV_VAR = "SEER_KERNELS_BACKEND"
+
+
+def default_backend(device: torch.device, op: str = "") -> str:
+    """The fastest usable of the op's declared backends on `device` (what `backend=None`
+    runs when SEER_KERNELS_BACKEND is unset)."""
+    key = f"{op}:{device.type}" if op else device.type
+    if op:
+        _registry.op(op)  # a misspelt op name fails here, not as a silent "reference"
+    for name in DEFAULT_ORDER.get(key, ("reference",)):
+        if _usable(name, device.type, op):
+            return name
+    return "reference"
+
+
 def resolve(backend: str | None, device: torch.device, op: str = "") -> str:
     """The backend that runs a call of `op` on `device`: explicit argument, else the
     SEER_KERNELS_BACKEND environment variable, else the fastest usable one of the op's
     declared backends."""
-    requested = backend if backend is not None else os.environ.get("SEER_KERNELS_BACKEND") or None
+    from_env = backend is None
+    requested = backend if backend is not None else os.environ.get(ENV_VAR) or None
     if requested is None:
-        key = f"{op}:{device.type}" if op else device.type
-        if op:
-            _registry.op(op)  # a misspelt op name fails here, not as a silent "reference"
-        for name in DEFAULT_ORDER.get(key, ("reference",)):
-            if _usable(name, device.type, op):
-                return name
-        return "reference"
+        return default_backend(device, op)
+    # Where a wrong name came from: the call's argument or the environment variable.
+    source = f"environment variable {ENV_VAR}={requested!r}: " if from_env else ""
     if requested not in BACKENDS:
+        if from_env:
+            raise ValueError(
+                f"{source}not a backend; valid values: {', '.join(BACKENDS)} "
+                "(or unset it for the fastest usable backend)"
+            )
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {requested!r}")
     if not _declared(requested, op):
         raise RuntimeError(
-            f"backend {requested!r} has no kernel for {op}; {op} has: {list(_registry.op(op).backends)}"
+            f"{source}backend {requested!r} has no kernel for {op}; {op} has: {list(_registry.op(op).backends)}"
         )
     if not _usable(requested, device.type, op):
         raise RuntimeError(
-            f"backend {requested!r} is not available for {device.type} tensors; "
+            f"{source}backend {requested!r} is not available for {device.type} tensors; "
             f"available: {available_backends(device, op)}"
             + (f" (seer_kernels._C failed to load: {_C_ERROR})" if _C is None else "")
         )

@@ -3,6 +3,7 @@ backends are built and usable on this machine."""
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 
@@ -38,13 +39,31 @@ def report() -> list[str]:
         lines.append("gpu          none visible")
     for device in ("cpu", "cuda"):
         usable = _backend.available_backends(device)
-        defaults = {op: _backend.resolve(None, torch.device(device), op) for op in _registry.OPS}
+        defaults = {op: _backend.default_backend(torch.device(device), op) for op in _registry.OPS}
         if len(set(defaults.values())) == 1:
             default = next(iter(defaults.values()))
         else:
             default = ", ".join(f"{op} {name}" for op, name in defaults.items())
         lines.append(f"{device:<4} backends {', '.join(usable)} (default: {default})")
+    lines.append(f"{_backend.ENV_VAR:<12} {override()}")
     return lines
+
+
+def override() -> str:
+    """What SEER_KERNELS_BACKEND does here: unset, or the backend every call without
+    `backend=` runs, or why it fails (a bad value is reported, not raised)."""
+    value = os.environ.get(_backend.ENV_VAR) or ""
+    if not value:
+        return "unset (calls without backend= run the defaults above)"
+    if value not in _backend.BACKENDS:
+        return (
+            f"{value!r}: NOT A BACKEND, every call without backend= raises ValueError; "
+            f"valid values: {', '.join(_backend.BACKENDS)}"
+        )
+    devices = [d for d in ("cpu", "cuda") if value in _backend.available_backends(d)]
+    if not devices:
+        return f"{value!r}: NOT USABLE on this machine, every call without backend= raises RuntimeError"
+    return f"{value!r}: calls without backend= run {value} (usable for {' and '.join(devices)} tensors here)"
 
 
 def main() -> None:

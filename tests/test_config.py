@@ -1,14 +1,29 @@
 """The trainer's configuration: YAML + key=value overrides, clear errors, shipped configs,
-and the SEER models built on the meta device with their published sizes."""
+and the SEER models built on the meta device with their published sizes. Every mistake a
+config can make ends the command in one line naming the key, exit status 2, with nothing
+written."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from seer.config import Config, ConfigError, from_dict, load_config, save_config, to_dict, valid_keys
+from seer.config import (
+    Config,
+    ConfigError,
+    _flatten,
+    from_dict,
+    load_config,
+    save_config,
+    to_dict,
+    valid_keys,
+)
 from seer.models import build_model, flops_per_image, parameter_counts
 from seer.train import main
 
@@ -18,12 +33,45 @@ SHIPPED = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 
 def test_defaults_are_the_default_yaml():
     """configs/default.yaml spells out the dataclass defaults (the tiny CPU run)."""
-    from_file = to_dict(load_config(CONFIGS / "default.yaml"))
-    defaults = to_dict(Config())
-    # The YAML rounds the digits statistics; everything else is identical.
-    for key in ("mean", "std"):
-        from_file["augment"].pop(key), defaults["augment"].pop(key)
-    assert from_file == defaults
+    # So `seer-train` and `make demo` (-c configs/default.yaml) are one run: a run_dir
+    # holding either resumes with the other.
+    assert to_dict(load_config(CONFIGS / "default.yaml")) == to_dict(Config())
+
+
+def test_default_yaml_lists_every_key():
+    """configs/default.yaml is the reference of the keys: every key of the config
+    dataclasses is in it (a key added to seer/config.py and not to the file fails here)."""
+    listed = list(_flatten(yaml.safe_load((CONFIGS / "default.yaml").read_text())))
+    assert sorted(listed) == sorted(valid_keys()), (
+        f"missing: {sorted(set(valid_keys()) - set(listed))}; unknown: {sorted(set(listed) - set(valid_keys()))}"
+    )
+
+
+def test_run_keys_are_what_a_run_is_not_how_long_or_how_fast():
+    """A resume must agree on the model, SwAV, data and augmentation keys and the seed; a
+    session may change the schedule's length, the optimizer, logging, checkpointing,
+    precision and devices."""
+    from seer.config import run_differences, run_keys
+
+    keys = set(run_keys())
+    assert {"seed", "model.arch", "model.n_prototypes", "data.source", "data.path", "data.image_size"} <= keys
+    assert {"augment.mean", "augment.flip", "swav.temperature", "swav.queue_length"} <= keys
+    assert all(k.split(".")[0] in ("model", "swav", "data", "augment", "seed") for k in keys)
+    for key in ("train.epochs", "train.max_steps", "train.stop_at_step", "train.log_every", "train.progress"):
+        assert key not in keys
+    assert not any(k.startswith(("optimizer.", "train.")) for k in keys)
+    assert not {"run_dir", "resume", "device", "distributed", "swav.backend", "data.num_workers"} & keys
+    cfg = load_config(
+        None, ["data.source=folder", "data.path=/my/images/", "train.epochs=90", "optimizer.lr=1e-4"]
+    )
+    saved = to_dict(load_config(None, ["data.source=folder", "data.path=/my/images"]))
+    assert run_differences(saved, cfg) == []  # a longer run, a lower lr, the same folder
+    saved["model"]["n_prototypes"], saved["data"]["source"] = 32, "digits"
+    del saved["augment"]["crop_attempts"]  # a checkpoint older than a key: its default
+    assert run_differences(saved, cfg) == [
+        ("model.n_prototypes", 32, 64),
+        ("data.source", "digits", "folder"),
+    ]
 
 
 def test_overrides_are_typed():
@@ -182,3 +230,76 @@ def test_flops_per_image_match_published_counts():
     # Crops add up, and a 96 px crop costs about (96/224)^2 of a 224 px one.
     assert both == pytest.approx(big + small, rel=1e-9)
     assert small / big == pytest.approx((96 / 224) ** 2, rel=0.1)
+
+
+# ------------------------------------------------------------------------ one line, exit 2
+
+
+def _one_line_error(capsys, run_dir: Path, *overrides: str) -> str:
+    rc = main([f"run_dir={run_dir}", "train.progress=false", *overrides])
+    out, err = capsys.readouterr()
+    assert rc == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seer-train: error: "), err
+    assert not run_dir.exists(), f"{run_dir} was written: {list(run_dir.rglob('*'))}"
+    return lines[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_missing_device_is_one_line(tmp_path, capsys):
+    line = _one_line_error(capsys, tmp_path / "run", "device=cuda")
+    assert "device=cuda" in line and "no usable CUDA device" in line
+
+
+def test_an_unknown_architecture_is_one_line(tmp_path, capsys):
+    line = _one_line_error(capsys, tmp_path / "run", "model.arch=regnetx_999")
+    assert "model.arch 'regnetx_999' is not a timm model" in line
+    line = _one_line_error(capsys, tmp_path / "run", "model.timm_kwargs={nope: 1}")
+    assert "model.timm_kwargs {'nope': 1} with model.arch 'regnetx_002'" in line
+
+
+def test_a_backend_the_device_cannot_run_is_one_line(tmp_path, capsys, monkeypatch):
+    line = _one_line_error(capsys, tmp_path / "run", "device=cpu", "swav.backend=cuda")
+    assert "swav.backend='cuda' cannot run this run's ops on cpu" in line and "available" in line
+    monkeypatch.setenv("SEER_KERNELS_BACKEND", "cuda")
+    line = _one_line_error(capsys, tmp_path / "run", "device=cpu")
+    assert "SEER_KERNELS_BACKEND='cuda' cannot run this run's ops on cpu" in line
+
+
+def test_a_folder_without_a_readable_image_is_one_line(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        (tmp_path / "images" / f"{i}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    line = _one_line_error(
+        capsys,
+        tmp_path / "run",
+        "data.source=folder",
+        f"data.path={tmp_path / 'images'}",
+        "train.batch_size=2",
+    )
+    assert f"data.path '{tmp_path / 'images'}' holds no readable image: all 3" in line
+
+
+def test_backend_variable_is_named_in_its_error_and_reported_by_info(monkeypatch):
+    import seer_kernels as sk
+    from seer_kernels import info
+
+    monkeypatch.setenv("SEER_KERNELS_BACKEND", "foo")
+    with pytest.raises(
+        ValueError, match=r"SEER_KERNELS_BACKEND='foo': not a backend; valid values: reference, cpu"
+    ):
+        sk.sinkhorn(torch.rand(4, 3))
+    lines = info.report()  # reports the bad value instead of raising
+    assert any(line.startswith("SEER_KERNELS_BACKEND") and "'foo': NOT A BACKEND" in line for line in lines)
+    assert any(line.startswith("cpu  backends") and "(default: " in line for line in lines)
+    monkeypatch.setenv("SEER_KERNELS_BACKEND", "reference")
+    assert any("'reference': calls without backend= run reference" in line for line in info.report())
+    monkeypatch.delenv("SEER_KERNELS_BACKEND")
+    assert any(line.startswith("SEER_KERNELS_BACKEND") and "unset" in line for line in info.report())
+    # The command itself, as a user runs it.
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "SEER_KERNELS_BACKEND": "foo", "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-m", "seer_kernels.info"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "SEER_KERNELS_BACKEND 'foo': NOT A BACKEND" in done.stdout, done.stderr

@@ -1,13 +1,16 @@
 """Data sources and the batched multi-crop augmentation.
 
-Hostile inputs are skipped and counted, never a crash; ranks read disjoint data; the
-batched per-sample augmentation equals torchvision's per-image functions."""
+Hostile inputs are skipped and counted (each file once), never a crash; ranks read
+disjoint data; a resume position past the epoch is refused, never an empty epoch; the
+batched per-sample augmentation equals torchvision's per-image functions; the photo recipe
+is SwAV's."""
 
 from __future__ import annotations
 
 import builtins
 import errno
 import io
+import json
 import math
 import os
 import tarfile
@@ -157,21 +160,29 @@ def test_folder_source_skips_and_counts(tmp_path):
         batches = list(source.epoch(0, 0))
     assert len(batches) == len(files) // 5
     assert all(x.shape == (5, 3, 16, 16) for x, _ in batches)
-    skipped = sum(n for _, n in batches)
-    # Each unreadable file met is replaced by the next one and counted once per meeting.
-    assert (
-        skipped >= 1 and len([w for w in caught if "skipping unreadable image" in str(w.message)]) == skipped
-    )
+    skipped = [name for _, names in batches for name in names]
+    # Each unreadable file met is replaced by the next one and named, once per meeting.
+    assert skipped and set(skipped) <= {str(tmp_path / rel) for rel, ok in files.items() if not ok}
+    assert len([w for w in caught if "skipping unreadable image" in str(w.message)]) == len(skipped)
 
 
 def test_folder_all_unreadable_is_a_clear_error(tmp_path):
+    """Found when the source is built (a config error: one line, nothing written), and at
+    the first batch of a folder whose files broke since."""
     for i in range(4):
         (tmp_path / f"bad{i}.jpg").write_text("nope")
     cfg = DataConfig(source="folder", path=str(tmp_path), image_size=8, max_consecutive_failures=10)
+    with pytest.raises(
+        ConfigError, match=r"data.path '.*' holds no readable image: all 4 of its 4 .*bad0.jpg"
+    ):
+        FolderSource(cfg, 2, Shard(), 0)
+    _write_pngs(tmp_path / "ok", ["a.png"])
+    source = FolderSource(DataConfig(source="folder", path=str(tmp_path / "ok"), image_size=8), 1, Shard(), 0)
+    (tmp_path / "ok" / "a.png").write_text("broken since")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(RuntimeError, match="no readable image in 4 consecutive files"):
-            next(FolderSource(cfg, 2, Shard(), 0).epoch(0, 0))
+        with pytest.raises(RuntimeError, match="no readable image in 1 consecutive files"):
+            next(source.epoch(0, 0))
 
 
 def test_list_images_survives_symlink_loops(tmp_path):
@@ -179,7 +190,7 @@ def test_list_images_survives_symlink_loops(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "a" / "x.png")
     os.symlink(tmp_path, tmp_path / "a" / "loop")
     files, skipped = list_images(tmp_path)
-    assert [os.path.basename(f) for f in files] == ["x.png"] and skipped == 0
+    assert [os.path.basename(f) for f in files] == ["x.png"] and skipped == []
     with pytest.raises(ConfigError, match="is not a directory"):
         list_images(tmp_path / "a" / "x.png")
 
@@ -203,6 +214,23 @@ def test_digits_ranks_read_disjoint_batches_and_positions_resume():
 
     idx = [i for r in range(3) for b in rank_batches(1797, 32, Shard(r, 3), 1, 2, 0) for i in b]
     assert len(idx) == len(set(idx)) == (1797 // 96) * 96
+
+
+def test_a_start_past_the_epoch_is_refused_not_an_empty_epoch(tmp_path):
+    """A checkpoint's batch index beyond a shrunk dataset's epoch: the source says so
+    instead of yielding nothing (a loop counting steps would then spin forever)."""
+    _write_pngs(tmp_path, (f"{i:02d}.png" for i in range(12)))
+    sources = [
+        build_source(DataConfig(image_size=8), 100, Shard(), 0),
+        build_source(DataConfig(source="folder", path=str(tmp_path), image_size=8), 4, Shard(), 0),
+        build_source(DataConfig(source="synthetic", image_size=8, epoch_size=12), 4, Shard(), 0),
+    ]
+    for source in sources:
+        n = source.steps_per_epoch()
+        assert len(list(source.epoch(0, n - 1))) == 1
+        for start in (n, n + 3, -1):
+            with pytest.raises(ValueError, match=f"start batch {start} is outside the epoch of {n} batches"):
+                next(source.epoch(0, start))
 
 
 def test_too_small_dataset_is_a_clear_error():
@@ -296,7 +324,7 @@ def test_folder_of_many_tiny_files_lists_linearly_and_loads_in_bounded_memory(tm
     source = FolderSource(DataConfig(source="folder", path=str(big), image_size=8), 100, Shard(), 0)
     rss_before, rss_peak, batches, start = rss_mb(), 0.0, 0, time.perf_counter()
     for x, skipped in source.epoch(0, 0):
-        assert x.shape == (100, 3, 8, 8) and skipped == 0
+        assert x.shape == (100, 3, 8, 8) and skipped == ()
         batches += 1
         rss_peak = max(rss_peak, rss_mb() or 0.0)
     elapsed = time.perf_counter() - start
@@ -319,14 +347,16 @@ def test_unreadable_files_and_directories_are_skipped_and_counted(tmp_path, deny
     # The locked directory is skipped while listing; the two files fail when read.
     assert len(source) == 14 and source.listing_skips == 1 and "1 entry skipped" in source.description
     assert len(batches) == 2 and all(x.shape == (7, 3, 8, 8) for x, _ in batches)
-    assert sum(n for _, n in batches) == 3
+    assert sorted(n for _, names in batches for n in names) == sorted(
+        [str(root / "03.png"), str(root / "09.png"), str(root / "locked")]
+    )
     messages = [str(w.message) for w in caught]
     assert any(f"unreadable directory {root / 'locked'}" in m and "PermissionError" in m for m in messages)
     assert sum(f"unreadable image {root / '03.png'}" in m for m in messages) == 1
-    # The listing's skip is counted once per run, not again in later epochs.
+    # Every epoch names the listing's skip again; the trainer counts each name once.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert sum(n for _, n in source.epoch(1, 0)) == 2
+        assert len([n for _, names in source.epoch(1, 0) for n in names]) == 3
     # An unreadable root is an error naming it; an unreadable shard is skipped and counted.
     deny_read(root)
     with pytest.raises(ConfigError, match=f"data.path '{root}' cannot be listed: Permission denied"):
@@ -341,7 +371,7 @@ def test_unreadable_files_and_directories_are_skipped_and_counted(tmp_path, deny
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         batches = list(WebDatasetSource(wds.data, 4, Shard(), seed=0).epoch(0, 0))
-    assert len(batches) == 2 and sum(n for _, n in batches) >= 1
+    assert len(batches) == 2 and any(names for _, names in batches)
     assert any("s1.tar" in str(w.message) and "PermissionError" in str(w.message) for w in caught)
 
 
@@ -355,7 +385,7 @@ def test_files_deleted_after_listing_are_skipped_and_counted(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         batches = list(source.epoch(0, 0))
-    assert len(batches) == 2 and sum(n for _, n in batches) == 2
+    assert len(batches) == 2 and sum(len(names) for _, names in batches) == 2
     assert any("03.png" in str(w.message) and "FileNotFoundError" in str(w.message) for w in caught)
     # A shard deleted after the source was built: skipped and counted, the others read.
     rng = np.random.default_rng(0)
@@ -369,7 +399,7 @@ def test_files_deleted_after_listing_are_skipped_and_counted(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         batches = list(stream.epoch(0, 0))
-    assert len(batches) == 2 and sum(n for _, n in batches) >= 1
+    assert len(batches) == 2 and any(names for _, names in batches)
 
 
 @pytest.mark.timeout(60)
@@ -381,7 +411,7 @@ def test_fifos_and_broken_links_are_not_listed(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         files, skipped = list_images(tmp_path)
-    assert [os.path.basename(f) for f in files] == ["a.png", "b.png"] and skipped == 2
+    assert [os.path.basename(f) for f in files] == ["a.png", "b.png"] and len(skipped) == 2
     assert any("non-regular file" in str(w.message) and "pipe.jpg" in str(w.message) for w in caught)
 
 
@@ -406,6 +436,94 @@ def test_color_ops_match_torchvision_per_sample():
         ref = TF.adjust_hue(ref, float(h[i]))
         torch.testing.assert_close(ours[i], ref, atol=2e-5, rtol=0)
     torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
+
+
+def test_color_jitter_in_a_random_order_per_sample_matches_torchvision():
+    """SwAV's colour distortion is torchvision's ColorJitter, which applies its four
+    adjustments in a random order per call: here a random order per crop."""
+    x = _images(6)
+    gen = torch.Generator().manual_seed(3)
+    b, c, s = (0.2 + 1.6 * torch.rand(6, generator=gen, dtype=torch.float64) for _ in range(3))
+    h = 0.4 * torch.rand(6, generator=gen, dtype=torch.float64) - 0.2
+    h[2] = 0.0
+    order = torch.argsort(torch.rand(6, 4, generator=gen), dim=1)
+    assert len({tuple(o.tolist()) for o in order}) > 1
+    ours = color_jitter(x, b, c, s, h, order=order)
+    adjust = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for i in range(len(x)):
+        ref = x[i]
+        for k in order[i].tolist():
+            ref = adjust[k](ref, float((b, c, s, h)[k][i]))
+        torch.testing.assert_close(ours[i], ref, atol=2e-5, rtol=0)
+
+
+def test_random_resized_crops_redraw_like_torchvision():
+    """crop_attempts draws per crop before the whole-image fallback: with torchvision's 10
+    at SwAV's global scales (0.14-1) a crop is almost never the whole image; with the
+    digits recipe's single draw, about one in six is (the draws its results were made with)."""
+    cfg = load_config("photos").augment
+    assert cfg.crop_attempts == 10
+
+    def whole_share(attempts: int) -> float:
+        cfg.crop_attempts = attempts
+        theta = crop_matrices(20_000, (0.14, 1.0), cfg, torch.Generator().manual_seed(0))
+        whole = (theta[:, 0, 0].abs() == 1) & (theta[:, 1, 1] == 1)
+        areas = (theta[:, 0, 0] * theta[:, 1, 1]).abs()
+        assert ((areas >= 0.14 - 1e-6) & (areas <= 1 + 1e-6)).all()  # every crop keeps its scale
+        return float(whole.double().mean())
+
+    assert whole_share(10) < 0.001 and 0.1 < whole_share(1) < 0.25
+
+
+def test_photo_recipe_is_swavs_and_the_digits_keep_theirs():
+    from seer.augment import IMAGENET_MEAN, IMAGENET_STD, describe, recipe_name
+
+    photos = load_config("photos")
+    assert photos.data.source == "folder" and photos.run_dir == "runs/photos"
+    aug = photos.augment
+    assert recipe_name(aug) == "SwAV photo recipe"
+    assert (aug.global_crops, aug.global_size, aug.global_scale) == (2, 224, [0.14, 1.0])
+    assert (aug.local_crops, aug.local_size, aug.local_scale) == (6, 96, [0.05, 0.14])
+    assert (aug.flip, aug.color_jitter, aug.color_strength, aug.grayscale, aug.blur) == (
+        0.5,
+        0.8,
+        1.0,
+        0.2,
+        0.5,
+    )
+    assert aug.blur_sigma == [0.1, 2.0] and (aug.rotation, aug.shear, aug.translate) == (0, 0, 0)
+    assert aug.mean == IMAGENET_MEAN and aug.std == IMAGENET_STD
+    assert "flip 0.5" in describe(aug) and "ImageNet mean/std" in describe(aug)
+    # SwAV's and SEER's own configs carry the same recipe; the digits keep theirs.
+    for name in ("swav_regnety", "seer_regnety_32gf", "seer_regnety_10b"):
+        assert recipe_name(load_config(name).augment) == "SwAV photo recipe", name
+    digits = load_config("default").augment
+    assert recipe_name(digits) == "digits recipe" and digits.crop_attempts == 1
+    assert "rotation 10 deg" in describe(digits) and "the digits' mean/std" in describe(digits)
+    cfg = load_config("photos").augment
+    cfg.global_size, cfg.local_size = 24, 12
+    out = MultiCrop(cfg)(_images(3, 32), torch.Generator().manual_seed(0))
+    assert [t.shape for t in out] == [(6, 3, 24, 24), (18, 3, 12, 12)]
+
+
+def test_images_smaller_than_the_crop_warn_once(tmp_path):
+    for i in range(6):
+        Image.new("RGB", (40 + i, 30), (i * 40, 100, 200)).save(tmp_path / f"{i}.png")
+    Image.new("RGB", (200, 150)).save(tmp_path / "big.png")
+    # Two epochs, each read by a new DataLoader worker: said once all the same.
+    cfg = DataConfig(source="folder", path=str(tmp_path), image_size=64, num_workers=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = build_source(cfg, 7, Shard(), 0, crop_size=48)
+        for epoch in range(2):
+            list(source.epoch(epoch, 0))
+    small = [str(w.message) for w in caught if "smaller than the 48 px global crop" in str(w.message)]
+    assert len(small) == 1 and "x30 px" in small[0], small
+    cfg.num_workers = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        list(build_source(cfg, 7, Shard(), 0, crop_size=30).epoch(0, 0))
+    assert not [w for w in caught if "global crop" in str(w.message)]
 
 
 def test_blur_matches_torchvision_per_sample():
@@ -487,9 +605,38 @@ def test_training_on_a_hostile_folder_reports_skips(tmp_path):
         warnings.simplefilter("ignore")
         summary = train(load_config(None, overrides))
     assert summary["step"] == 4 and math.isfinite(summary["final_loss"])
-    assert summary["skipped_images"] >= 1
+    assert 1 <= summary["skipped_images"] <= 3  # the three unreadable files, each counted once
     last = (run / "metrics.jsonl").read_text().splitlines()[-1]
     assert f'"skipped_images": {summary["skipped_images"]}' in last
+
+
+def test_skipped_images_count_files_not_encounters(tmp_path):
+    """Two unreadable files, each met in every one of three epochs (and one of them again
+    as the replacement of the other): the count is two, across a resume too."""
+    from seer.train import train
+
+    _write_pngs(tmp_path / "images", (f"{i:02d}.png" for i in range(10)))
+    (tmp_path / "images" / "04.png").write_bytes(b"")
+    (tmp_path / "images" / "05.png").write_text("not an image")
+    overrides = [
+        f"run_dir={tmp_path / 'run'}",
+        "data.source=folder",
+        f"data.path={tmp_path / 'images'}",
+        "data.image_size=16",
+        "augment.global_size=16",
+        "augment.local_size=8",
+        "train.batch_size=5",  # the 10 files are every epoch's two batches
+        "train.max_steps=6",
+        "train.progress=false",
+        "train.export_backbone=false",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = train(load_config(None, [*overrides, "train.stop_at_step=3"]))
+        summary = train(load_config(None, overrides))
+    assert first["skipped_images"] == 2 and summary["skipped_images"] == 2 and summary["step"] == 6
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_images"] for r in records][-1] == 2
 
 
 # ------------------------------------------------------------------------ synthetic

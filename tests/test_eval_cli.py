@@ -63,6 +63,16 @@ def test_end_to_end_on_the_trainers_checkpoint(
     assert (tmp_path / "eval.md").read_text() in stdout
 
 
+def test_progress_names_the_swav_trunk_as_the_table_does(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["--fractions", "1", "--weight-decays", "1e-3", "--baselines", "pixels", "--out", str(tmp_path)]
+    assert main([str(run_dir), *args]) == 0
+    out, err = capsys.readouterr()
+    assert "SwAV trunk: train features" in err and "SwAV trunk: dim 368" in err
+    assert "| SwAV trunk " in out and "SSL trunk" not in err + out
+
+
 def test_exported_backbone_of_another_architecture_is_refused(
     run_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:

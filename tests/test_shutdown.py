@@ -90,4 +90,4 @@ def test_two_rank_trainings_exit_cleanly_every_time(tmp_path, mode, runs):
         where = f"{mode}, run {i + 1} of {runs}"
         assert proc.returncode == 0, f"{where}: exit {proc.returncode}\n{proc.stderr[-4000:]}"
         assert "terminate called" not in proc.stderr, f"{where}: a rank aborted\n{proc.stderr[-4000:]}"
-        assert "final loss" in proc.stderr, f"{where}: no summary\n{proc.stderr[-2000:]}"
+        assert "final loss" in proc.stdout, f"{where}: no summary\n{proc.stdout[-2000:]}"

@@ -1,13 +1,16 @@
 """The trainer end to end on the CPU: a short default run learns, resume is exact, two
 gloo processes (DDP with a ZeRO-sharded LARS, FSDP2) end with identical parameters,
 checkpoints are atomic and pruned, the exported backbone loads in timm, non-finite
-losses stop the run (or are skipped), and load_backbone rejects foreign files."""
+losses stop the run (or are skipped), and load_backbone rejects foreign files. A run_dir
+never continues a different run, a finished run is left alone, a shrunk dataset does not
+hang the resume, and the output reads line by line in a file."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -305,6 +308,45 @@ def test_fsdp2_two_processes(tmp_path):
     assert state["model"]["prototypes.heads.0.weight"].shape == (64, 128)  # saved unsharded
 
 
+def test_two_ranks_refuse_a_different_run_alike(tmp_path):
+    """Rank 0 decides and every rank hears it: both refuse, in one line each, at once (no
+    rank waits in a collective for a peer that left), and run_dir is untouched. The ranks
+    are started as torchrun would start them, but each runs to its own end (torchrun's
+    agent would stop the second rank as soon as the first exits)."""
+    import socket
+
+    run = tmp_path / "run"
+    train(small_cfg(run, "train.max_steps=1", "train.export_backbone=false"))
+    before = snapshot(run)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "seer.train", f"run_dir={run}", *SMALL, "train.max_steps=2"]
+    cmd += ["model.n_prototypes=32", "train.dist_timeout_s=60"]
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "OMP_NUM_THREADS": "1",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    results = [p.communicate(timeout=240) for p in procs]
+    for rank, (proc, (out, err)) in enumerate(zip(procs, results, strict=True)):
+        assert proc.returncode == 2, f"rank {rank}: exit {proc.returncode}\n{err[-3000:]}"
+        line = _error_line(err)
+        assert "holds a run with other settings" in line and "model.n_prototypes 64 -> 32" in line
+        assert "resumed" not in out and "failed at step" not in err
+    assert snapshot(run) == before
+
+
 # ------------------------------------------------------------------------ options
 
 
@@ -416,3 +458,277 @@ def test_regional_compile_compiles_each_block_once_per_shape():
     assert trunk.stem._compiled_call_impl is None and trunk.s3.b2._compiled_call_impl is not None
     with pytest.raises(ValueError, match="train.compile=regional"):
         compile_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)), 1)
+
+
+# ------------------------------------------------------------------------ one run per run_dir
+
+
+def _photos(folder: Path, n: int, size: tuple[int, int] = (64, 48), seed: int = 0) -> Path:
+    """`n` JPEGs of smooth random colour fields (photo-like: they decode and compress)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        field = torch.rand(1, 3, 3, 4, generator=gen)
+        image = torch.nn.functional.interpolate(field, size=size[::-1], mode="bicubic", align_corners=False)
+        array = (image[0].clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        Image.fromarray(array).save(folder / f"photo_{i:03d}.jpg", quality=90)
+    return folder
+
+
+def snapshot(run_dir: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file under run_dir with its size, mtime and contents: what "nothing written" means."""
+    return {
+        str(p.relative_to(run_dir)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _main(capsys, *args: str) -> tuple[int, str, str]:
+    from seer.train import main
+
+    capsys.readouterr()  # what came before is not this command's
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("seer-train: error: "), err
+    return lines[0]
+
+
+def test_a_run_with_other_settings_is_refused_before_anything_is_written(tmp_path, capsys):
+    """The issue's first try: the default run_dir held the digits run, and a folder run
+    went on training its weights. Now: one line naming the keys, exit 2, nothing touched.
+    Extending the run or lowering its learning rate is still a plain resume."""
+    run = tmp_path / "run"
+    train(small_cfg(run, "train.max_steps=2"))
+    before = snapshot(run)
+    photos = _photos(tmp_path / "photos", 20)
+    rc, out, err = _main(
+        capsys, f"run_dir={run}", *SMALL, "train.max_steps=4", "data.source=folder", f"data.path={photos}"
+    )
+    line = _error_line(err)
+    assert rc == 2 and out == ""
+    assert f"data.source 'digits' -> 'folder', data.path '' -> '{photos}'" in line
+    assert "step_00000002.pt" in line and "--force-resume" in line and "--new-run" in line
+    rc, _, err = _main(capsys, f"run_dir={run}", *SMALL, "train.max_steps=4", "model.n_prototypes=32")
+    assert rc == 2 and "model.n_prototypes 64 -> 32" in _error_line(err)  # not a load_state_dict traceback
+    assert snapshot(run) == before
+    # A longer schedule, another learning rate, other logging: the same run, continued.
+    rc, out, err = _main(
+        capsys, f"run_dir={run}", *SMALL, "train.max_steps=3", "optimizer.lr=1e-3", "train.log_every=2"
+    )
+    assert rc == 0 and f"resumed from {run}/checkpoints/step_00000002.pt: step 2" in out, err
+    assert json.loads((run / "summary.json").read_text())["step"] == 3
+
+
+def test_force_resume_and_new_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(small_cfg(run, "train.max_steps=2", "train.export_backbone=false"))
+    rc, out, err = _main(
+        capsys, f"run_dir={run}", *SMALL, "train.max_steps=3", "augment.flip=0.5", "--force-resume"
+    )
+    assert rc == 0 and "--force-resume: continuing with new settings: augment.flip 0.0 -> 0.5" in out, err
+    assert ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(run, 3))["config"]["augment"]["flip"] == 0.5
+    before = snapshot(run)
+    # Forcing cannot bridge a change of shape: one line naming the weights, nothing written.
+    rc, out, err = _main(
+        capsys, f"run_dir={run}", *SMALL, "model.n_prototypes=32", "train.max_steps=4", "--force-resume"
+    )
+    assert rc == 2 and "prototypes.heads.0.weight (64, 128) -> (32, 128)" in _error_line(err)
+    # --new-run: a different run goes beside it; run again, it continues there.
+    other = ["augment.flip=0.5", "model.n_prototypes=32", "train.export_backbone=false"]
+    rc, out, err = _main(capsys, f"run_dir={run}", *SMALL, *other, "train.max_steps=1", "--new-run")
+    assert rc == 0 and f"run_dir {run} holds a different run: this one is in {run}-2" in out, err
+    rc, out, err = _main(capsys, f"run_dir={run}", *SMALL, *other, "train.max_steps=2", "--new-run")
+    assert rc == 0 and f"resumed from {run}-2/checkpoints/step_00000001.pt" in out, err
+    rc, out, err = _main(
+        capsys, f"run_dir={run}", *SMALL, "model.n_prototypes=16", "train.max_steps=1", "--new-run"
+    )
+    assert rc == 0 and f"this one is in {run}-3" in out, err
+    assert snapshot(run) == before
+    assert [p.name for p in ckpt_io.list_checkpoints(f"{run}-2")] == ["step_00000001.pt", "step_00000002.pt"]
+    assert ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(f"{run}-3", 1))["config"]["run_dir"] == f"{run}-3"
+    with pytest.raises(SystemExit) as exit_:
+        _main(capsys, *SMALL, "--new-run", "--force-resume")
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_finished_run_run_again_says_so_and_changes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(small_cfg(run, "train.max_steps=2"))
+    before = snapshot(run)
+    rc, out, err = _main(capsys, f"run_dir={run}", *SMALL, "train.max_steps=2", "train.log_every=5")
+    assert rc == 0, err
+    assert f"{run} is already at step 2 of 2 (finished): nothing to train, nothing changed" in out
+    assert "final loss" not in out  # no new summary either
+    assert snapshot(run) == before  # config.yaml, summary.json, metrics, plot and export untouched
+
+
+@pytest.mark.timeout(180)  # catches the hang: the run itself takes seconds
+def test_resume_past_the_end_of_a_shrunk_folder_continues_at_the_next_epoch(tmp_path, capsys, monkeypatch):
+    """The checkpoint stopped at batch 5 of epoch 0; the folder then lost half its images,
+    leaving 3 batches per epoch. The resumed run says so and goes on at epoch 1, where it
+    used to ask for batch 5 of a 3-batch epoch forever."""
+    photos = _photos(tmp_path / "photos", 24, size=(24, 18))
+    run = tmp_path / "run"
+    args = [f"run_dir={run}", *SMALL, "train.batch_size=4", "data.source=folder", f"data.path={photos}"]
+    args += ["data.image_size=16", "augment.global_size=16", "augment.local_size=8", "train.max_steps=8"]
+    rc, _, err = _main(capsys, *args, "train.stop_at_step=5", "train.export_backbone=false")
+    assert rc == 0, err
+    state = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(run, 5))
+    assert (state["epoch"], state["batch"]) == (0, 5)
+    for jpeg in sorted(photos.iterdir())[::2]:
+        jpeg.unlink()
+    # A second guard besides the time limit: an epoch asked for over and over is the hang.
+    from seer.data import FolderSource
+
+    calls, original_epoch = [], FolderSource.epoch
+
+    def counted(self, epoch, start):
+        calls.append((epoch, start))
+        assert len(calls) < 20, f"the data source was asked for an epoch {len(calls)} times: {calls[:5]}"
+        return original_epoch(self, epoch, start)
+
+    monkeypatch.setattr(FolderSource, "epoch", counted)
+    rc, out, err = _main(capsys, *args)
+    assert rc == 0, err
+    assert (
+        "batch 5 of epoch 0 lies past the end of this data's epoch (3 batches): continuing at epoch 1, batch 0"
+        in out
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == 8 and summary["steps_run"] == 3 and summary["epoch"] == 2
+    assert calls[0] == (1, 0)
+
+
+# ------------------------------------------------------------------------ what a user sees
+
+
+def _line_by_line(text: str) -> list[str]:
+    assert "\r" not in text, f"carriage returns (a progress bar) in a log file: {text[:500]!r}"
+    return text.splitlines()
+
+
+@pytest.mark.timeout(300)
+def test_readme_folder_command_trains_with_the_photo_recipe_and_logs_line_by_line(tmp_path):
+    """The README's folder command (`seer-train -c photos data.path=...`), small: 8
+    photo-sized JPEGs, crops of 32 and 16 px, 4 steps, output sent to files. The banner names
+    the recipe, a line comes every log_every steps, the summary is in stdout, nothing is
+    a carriage-return bar, and stderr holds no traceback."""
+    photos = _photos(tmp_path / "photos", 8, size=(320, 240))
+    run = tmp_path / "runs" / "photos"
+    cmd = [sys.executable, "-m", "seer.train", "-c", "photos", f"data.path={photos}", f"run_dir={run}"]
+    cmd += ["data.image_size=48", "augment.global_size=32", "augment.local_size=16", "train.batch_size=4"]
+    cmd += ["train.max_steps=4", "train.log_every=2", "train.threads=1", "data.num_workers=1"]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with open(tmp_path / "out.log", "w") as out, open(tmp_path / "err.log", "w") as err:
+        done = subprocess.run(cmd, stdout=out, stderr=err, env=env, timeout=280, cwd=tmp_path)
+    stdout = _line_by_line((tmp_path / "out.log").read_text())
+    stderr = _line_by_line((tmp_path / "err.log").read_text())
+    assert done.returncode == 0, "\n".join(stderr[-40:])
+    assert (
+        stdout[0].startswith("seer-train: regnetx_002") and "folder" in stdout[0] and "8 files" in stdout[0]
+    )
+    assert stdout[1].startswith("seer-train: augment: SwAV photo recipe: random resized crops")
+    assert "flip 0.5, colour jitter 0.8 at strength 1, grayscale 0.2, blur 0.5" in stdout[1]
+    assert "ImageNet mean/std" in stdout[1]
+    steps = [line for line in stdout if line.startswith("step ")]
+    assert [s.split()[1] for s in steps] == ["2/4", "4/4"] and all(
+        "loss" in s and "images/s" in s for s in steps
+    )
+    assert any(line.startswith("final loss") for line in stdout)
+    assert stdout[-1].startswith("skipped images 0")
+    assert not any("Traceback" in line for line in stderr) and not any(
+        "final loss" in line for line in stderr
+    )
+    assert (run / "summary.json").is_file() and (run / "backbone.pt").is_file()
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    import seer.train as T
+
+    monkeypatch.setattr(T, "_is_terminal", lambda stream: True)
+    train(
+        small_cfg(tmp_path / "a", "train.max_steps=2", "train.progress=true", "train.export_backbone=false")
+    )
+    out, err = capsys.readouterr()
+    assert "step/s" in err or "it/s" in err or "2/2" in err  # tqdm's bar, on stderr
+    assert not [line for line in out.splitlines() if line.startswith("step ")] and "final loss" in out
+    # train.progress=false on a terminal: the plain lines.
+    train(
+        small_cfg(tmp_path / "b", "train.max_steps=2", "train.progress=false", "train.export_backbone=false")
+    )
+    out, err = capsys.readouterr()
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("step ")] == ["1/2", "2/2"]
+    assert "\r" not in err
+
+
+# ------------------------------------------------------------------------ install
+
+
+BLOCK = textwrap.dedent(
+    """
+    import sys
+
+    class Missing:
+        # A [train] extra that is not installed: its modules cannot be found.
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"timm", "sklearn", "matplotlib", "webdataset"}:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, Missing())
+    from seer.cli import evaluate, train
+    sys.exit((train if sys.argv[1] == "seer-train" else evaluate)(sys.argv[2:]))
+    """
+)
+
+
+@pytest.mark.parametrize("program", ["seer-train", "seer-eval"])
+def test_commands_name_the_extra_when_it_is_missing(program):
+    """`pip install --no-build-isolation .` installs the kernels' dependencies only: the
+    commands then say which extra to install, in one line, even for --help."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK, program, "--help"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert (
+        line.startswith(f"{program}: error:")
+        and "missing: timm, scikit-learn, matplotlib, webdataset" in line
+    )
+    assert "pip install --no-build-isolation '.[train]'" in line
+    # With the extra installed, the same entry point runs the command.
+    done = subprocess.run(
+        [sys.executable, "-c", f"import sys; from seer.cli import {'train' if program == 'seer-train' else 'evaluate'} as m; sys.exit(m(['--help']))"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0 and f"usage: {program}" in done.stdout, done.stderr
+
+
+def test_the_extra_and_the_entry_points_agree_with_pyproject():
+    import tomllib
+
+    from seer.cli import INSTALL, TRAIN_EXTRA
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extra = {re.split(r"[<>=\[ ]", r)[0] for r in project["optional-dependencies"]["train"]}
+    assert extra == set(TRAIN_EXTRA.values())
+    assert project["scripts"] == {"seer-train": "seer.cli:train", "seer-eval": "seer.cli:evaluate"}
+    assert INSTALL in (ROOT / "README.md").read_text()
+
+
+def test_help_documents_the_resume_flags_and_the_output(capsys):
+    from seer.train import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "--force-resume" in out and "--new-run" in out and "train.progress" in out

@@ -106,6 +106,7 @@ def run_evaluation(
     subsets = LabelSubsets.draw(data.train_labels, data.class_names, protocol)
     results: list[FeatureResult] = []
     for key, build in _trunks(trunk, random_trunk, baselines, data, extraction, protocol.seed):
+        name = ssl_name if key == "ssl" else NAMES[key]
         t0 = time.perf_counter()
         model = build()
         features = {}
@@ -117,7 +118,7 @@ def run_evaluation(
                 device=extraction.device,
                 num_workers=extraction.num_workers,
                 amp=extraction.amp,
-                desc=f"{NAMES[key]}: {split} features",
+                desc=f"{name}: {split} features",
                 progress=extraction.progress,
             )
             expected = data.train_labels if split == "train" else data.test_labels
@@ -125,7 +126,6 @@ def run_evaluation(
                 raise RuntimeError(f"{split} split: the dataset's labels differ from EvalData's")
         seconds_features = time.perf_counter() - t0
         del model
-        name = ssl_name if key == "ssl" else NAMES[key]
         result = evaluate_features(
             name,
             features["train"],
