@@ -67,6 +67,15 @@ OPS = {
             order=(("cuda", ("cuda", "triton", "reference")),),
         ),
         Op("swav_cross_entropy", kernels=("swav_cross_entropy", "swav_cross_entropy_backward")),
+        # The fused head: no CUDA C++ kernels. No GPU has run its Triton kernels yet, so on
+        # CUDA tensors the plain reference is the default until a GPU measures "triton"
+        # (forcing backend="triton" runs them).
+        Op(
+            "prototype_cross_entropy",
+            kernels=("prototype_cross_entropy", "prototype_cross_entropy_backward"),
+            backends=("reference", "cpu"),
+            order=(("cuda", ("reference",)),),
+        ),
     )
 }
 
