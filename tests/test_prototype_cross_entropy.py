@@ -195,6 +195,15 @@ def test_gradcheck_cpu(case, normalize):
     assert torch.autograd.gradcheck(fn, (e, p), eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
+@needs_triton
+def test_gradcheck_triton():
+    e, p, codes = make_inputs(3, 2, 3, 5, 20, torch.float64, seed=9)
+    e.requires_grad_(True)
+    p.requires_grad_(True)
+    fn = lambda x, y: sk.prototype_cross_entropy(x, y, codes, 0.3, backend="triton")
+    assert torch.autograd.gradcheck(fn, (e, p), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
 @needs_cpp
 def test_cpu_is_bitwise_independent_of_the_thread_count():
     """Several sample blocks (the last partial) and 9 groups of 2 tiles: the loss and both

@@ -1,7 +1,8 @@
 """The SwAV head without its score matrix: prototype scoring and the multi-crop
 swapped-prediction cross-entropy fused into one op (fused linear cross-entropy, as
 Liger-Kernel and Apple's Cut Cross-Entropy do for language models). Registration, then the
-public wrapper. Kernels: csrc/cpu/prototype_cross_entropy.cpp; oracle:
+public wrapper. Kernels: csrc/cpu/prototype_cross_entropy.cpp,
+seer_kernels/triton/prototype_cross_entropy.py; oracle:
 seer_kernels.reference.prototype_cross_entropy.
 
 The op computes
@@ -35,9 +36,17 @@ Backends:
           grad_P read and written once (3 K D values of traffic) plus the block's codes;
           FLOPs 6 V B K D + per score 2 exp and (A + 5) flops. csrc/cpu/prototype_cross_entropy.cpp
           has the details.
+  triton  two launches (seer_kernels/triton/prototype_cross_entropy.py has the bytes and
+          FLOPs): a rows kernel (a program per 16-32 rows holds them with the whole D,
+          normalizes in-kernel, streams K tiles on tl.dot twice: lse, then grad_E) and a
+          cols kernel (a program per 16-32 prototypes streams every row block: grad_P;
+          its program 0 sums the loss partials in index order). Score tiles are
+          recomputed rather than stored (5 GEMMs of FLOPs against 3, no (V B, K) array).
+          The backward is one scaling launch. Proven under TRITON_INTERPRET=1 and compiled
+          for sm_90 (no spill); no GPU has run it.
   reference  prototype_scores into swav_cross_entropy, holding the (V B, K) scores.
 On CUDA tensors the default is `reference` until a GPU has measured the fused kernels
-(seer_kernels/_registry.py).
+(seer_kernels/_registry.py); backend="triton" runs them.
 
 Numerics: accumulation in fp32 (fp64 for fp64 input; seer_kernels/_dtypes.py): the
 normalized operands, the scores, lse (double per row), G and both gradient GEMMs; the
@@ -54,6 +63,9 @@ P_hat (K D; none for fp32/fp64, where the output is used in place), the block bu
 (at most 32 MiB, whatever the dtype), at most 16 block-sized grad E_hat partials (16 x 1024
 x D), A + 3 values per (crop, sample) pair, and A x 1024 values per thread. The only O(B K)
 array is the codes passed in. Backward: the two scaled gradients.
+
+Memory, Triton backend: the two gradients, 3 V B doubles (lse, R, inverse norms) and one
+double per rows-kernel program; registers and shared memory per program (no scratch).
 """
 
 from __future__ import annotations
