@@ -34,6 +34,8 @@ no host sync).
 
 from __future__ import annotations
 
+import struct
+
 import torch
 import triton
 import triton.language as tl
@@ -282,7 +284,9 @@ def _common(embeddings, prototypes, codes, temperature, normalize):
     v, b, d = embeddings.shape
     a = codes.shape[0]
     inv_t = 1.0 / temperature
-    inv_t_hi = float(torch.tensor(inv_t, dtype=torch.float32))
+    # 1/T rounded to fp32 on the host without a tensor (no device work, no sync; a fake
+    # tensor under FakeTensorMode would have no value).
+    inv_t_hi = struct.unpack("f", struct.pack("f", inv_t))[0]
     norm = float(a * (v - 1) * b)
     args = (
         v * b, b, prototypes.shape[0], d,
