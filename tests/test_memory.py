@@ -280,7 +280,7 @@ HEAD_SCRIPT = textwrap.dedent(
 def test_fused_head_memory_against_the_composition_and_plain_swav():
     """(V, B, D, K) = (10, 256, 256, 65536), fp32, A = 2: the fused head's peak RSS growth
     over forward and backward is at most 1/4 of today's fused ops composed and 1/8 of plain
-    SwAV code (measured on the 2-core AVX2 machine: ~135 MiB, ~1.3 GiB, ~2.4 GiB). The
+    SwAV code (measured on the 2-core machines: 133-169 MiB, 1.29 GiB, 2.4 GiB). The
     plain run holds 2.4 GB for ~15 s."""
     from seer_kernels import _backend
 
