@@ -1,7 +1,7 @@
 // Argument checks shared by the CPU and CUDA kernels of every op (sinkhorn*,
-// prototype_scores*, swav_cross_entropy*): the op-level contract for direct torch.ops
-// calls (the Python wrappers check first, with friendlier messages), written once so the
-// backends cannot drift apart. Device checks stay with each backend.
+// prototype_scores*, swav_cross_entropy*, prototype_cross_entropy*): the op-level contract for
+// direct torch.ops calls (the Python wrappers check first, with friendlier messages), written once
+// so the backends cannot drift apart. Device checks stay with each backend.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -101,6 +101,49 @@ inline void check_xent_backward(const at::Tensor& grad_loss, const at::Tensor& l
   TORCH_CHECK(lse.dim() == 2 && lse.size(0) == V && lse.size(1) == B,
               "swav_cross_entropy_backward: lse must be (V, B) = (", V, ", ", B, "), got ",
               lse.sizes());
+}
+
+// The fused head (prototype_cross_entropy): embeddings (V, B, D) with V >= 2 and prototypes
+// (K, D) of one supported dtype, codes (A, B, K) with 1 <= A <= V, a finite temperature > 0.
+inline void check_head_operands(const at::Tensor& e, const at::Tensor& p, const at::Tensor& codes,
+                                double temperature) {
+  TORCH_CHECK(e.dim() == 3, "prototype_cross_entropy: embeddings must be (V, B, D), got ",
+              e.sizes());
+  TORCH_CHECK(p.dim() == 2, "prototype_cross_entropy: prototypes must be (K, D), got ", p.sizes());
+  TORCH_CHECK(codes.dim() == 3, "prototype_cross_entropy: codes must be (A, B, K), got ",
+              codes.sizes());
+  TORCH_CHECK(supported_float(e.scalar_type()) && e.scalar_type() == p.scalar_type(),
+              "prototype_cross_entropy: embeddings and prototypes must have one dtype of "
+              "float32/float64/float16/bfloat16, got ",
+              e.scalar_type(), " and ", p.scalar_type());
+  TORCH_CHECK(supported_float(codes.scalar_type()),
+              "prototype_cross_entropy: codes must be float32/float64/float16/bfloat16, got ",
+              codes.scalar_type());
+  const int64_t V = e.size(0), B = e.size(1), D = e.size(2), K = p.size(0), A = codes.size(0);
+  TORCH_CHECK(V >= 2, "prototype_cross_entropy: embeddings must hold V >= 2 crops, got V=", V);
+  TORCH_CHECK(A >= 1 && A <= V,
+              "prototype_cross_entropy: codes must hold 1 <= A <= V crops, got A=", A,
+              " with V=", V);
+  TORCH_CHECK(p.size(1) == D, "prototype_cross_entropy: prototypes ", p.sizes(),
+              " must have the D of embeddings ", e.sizes());
+  TORCH_CHECK(codes.size(1) == B && codes.size(2) == K, "prototype_cross_entropy: codes ",
+              codes.sizes(), " must be (A, B, K) with B of embeddings ", e.sizes(),
+              " and K of prototypes ", p.sizes());
+  TORCH_CHECK(B > 0 && D > 0 && K > 0, "prototype_cross_entropy: empty operands, embeddings ",
+              e.sizes(), ", prototypes ", p.sizes());
+  TORCH_CHECK(temperature > 0.0 && std::isfinite(temperature),
+              "prototype_cross_entropy: temperature must be finite and > 0, got ", temperature);
+}
+
+// The backward's operands: a scalar grad_loss and the forward's two gradients.
+inline void check_head_backward(const at::Tensor& grad_loss, const at::Tensor& grad_e,
+                                const at::Tensor& grad_p) {
+  TORCH_CHECK(grad_loss.numel() == 1,
+              "prototype_cross_entropy_backward: grad_loss must be a scalar, got ",
+              grad_loss.sizes());
+  TORCH_CHECK(grad_e.dim() == 3 && grad_p.dim() == 2 && grad_e.size(2) == grad_p.size(1),
+              "prototype_cross_entropy_backward: gradients must be (V, B, D) and (K, D), got ",
+              grad_e.sizes(), " and ", grad_p.sizes());
 }
 
 }  // namespace seer_kernels

@@ -37,4 +37,16 @@ TORCH_LIBRARY(seer_kernels, m) {
       "swav_cross_entropy_backward(Tensor grad_loss, Tensor scores, Tensor codes, Tensor lse, "
       "float "
       "temperature) -> Tensor");
+
+  // The fused SwAV head: prototype scores of embeddings (V, B, D) against prototypes (K, D)
+  // (cosines when normalize) into the multi-crop cross-entropy against codes (A, B, K),
+  // without the (V B, K) scores. Returns (scalar loss, fp32 (fp64 for fp64 input); the
+  // gradients of the loss w.r.t. embeddings and prototypes, computed in the forward as
+  // Liger's fused linear cross-entropy does); backward scales them by grad_loss.
+  m.def(
+      "prototype_cross_entropy(Tensor embeddings, Tensor prototypes, Tensor codes, float "
+      "temperature, bool normalize) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "prototype_cross_entropy_backward(Tensor grad_loss, Tensor grad_embeddings, Tensor "
+      "grad_prototypes) -> (Tensor, Tensor)");
 }

@@ -57,6 +57,12 @@ class SwAVConfig:
     # seer_kernels backend of the SwAV ops: "" picks the fastest available; naming one of
     # seer_kernels._registry.BACKENDS forces it (e.g. reference, to compare).
     backend: str = ""
+    # The head's loss: "fused" computes it from the embeddings with
+    # seer_kernels.prototype_cross_entropy, never holding the scores of all crops;
+    # "composed" scores every crop with prototype_scores, then swav_cross_entropy; "auto"
+    # is fused where the fused op's default backend on the device is a fused one (cpu on
+    # the CPU) and composed on CUDA, until a GPU has measured the fused op's kernels.
+    head: Literal["auto", "fused", "composed"] = "auto"
 
 
 @dataclass

@@ -3,6 +3,7 @@
     backbone = build_backbone("regnety_320")          # timm, num_classes=0: pooled features
     model = build_model(cfg.model)                     # SwAVModel(backbone, head, prototypes)
     z, scores = model(crops_by_resolution, queue_embeddings)   # scores: batch rows, then queue rows
+    z, loss = model(crops_by_resolution, fused_loss=fn)         # the fused head: fn(z, weight, normalize=...)
 
 The trunk is timm's (it carries the SEER RegNetY configurations regnety_320 ... regnety_2560
 and stage-level gradient checkpointing); nothing here re-implements a RegNet.
@@ -10,6 +11,7 @@ and stage-level gradient checkpointing); nothing here re-implements a RegNet.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import timm
@@ -82,13 +84,19 @@ def center_tap_on_1x1(model: nn.Module) -> nn.Module:
 
 
 class SwAVModel(nn.Module):
-    """Trunk -> projection head -> embedding z -> prototype scores.
+    """Trunk -> projection head -> embedding z -> prototype scores, or the head's loss.
 
     Crops come grouped by resolution so the trunk runs once per resolution. The queue's
     embeddings go through the prototypes in the same call as the batch (one matmul, one
     FSDP unshard): `forward` returns z (N, D) and the scores (N + Q, K) of the N crop rows
     followed by the Q queue rows; the caller detaches the queue rows (they only feed the
     Sinkhorn). Returning whole tensors, not slices, keeps FSDP's backward hooks safe.
+
+    With `fused_loss` (the fused head), `forward` returns z and
+    `self.prototypes(z, fused_loss=fused_loss)`: fused_loss(z, weight, normalize=...)
+    computes the loss (and whatever else it returns) with the prototype weight inside the
+    prototypes' forward, where FSDP has gathered it and DDP sees it used; no (N, K)
+    scores exist (seer_kernels.swav.swav_prototype_loss).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, prototypes: nn.Module) -> None:
@@ -98,17 +106,37 @@ class SwAVModel(nn.Module):
         self.prototypes = prototypes
 
     def forward(
-        self, crops: list[torch.Tensor], queue: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        crops: list[torch.Tensor],
+        queue: torch.Tensor | None = None,
+        *,
+        fused_loss: Callable | None = None,
+    ) -> tuple[torch.Tensor, Any]:
         features = torch.cat([self.backbone(x) for x in crops])
         z = self.head(features).float()
-        rows = z if queue is None else torch.cat([z, queue.to(z.dtype)])
-        # Prototype scores in fp32 whatever the autocast policy: the Sinkhorn at eps 0.05
+        # The prototype layer in fp32 whatever the autocast policy: the Sinkhorn at eps 0.05
         # and the softmax at T 0.1 amplify bf16 rounding (VISSL keeps this layer in fp32).
-        # The prototypes normalize both operands inside the fused op (cosine scores).
-        with torch.autocast(device_type=rows.device.type, enabled=False):
+        # The prototypes normalize both operands inside the fused ops (cosine scores).
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            if fused_loss is not None:
+                return z, self.prototypes(z, fused_loss=fused_loss)
+            rows = z if queue is None else torch.cat([z, queue.to(z.dtype)])
             scores = self.prototypes(rows)
         return z, scores
+
+
+def fused_head(head: str, backend: str, device: torch.device) -> bool:
+    """Whether the SwAV head runs fused (config swav.head): "fused", "composed", or for
+    "auto" whether seer_kernels.prototype_cross_entropy's backend for `device` (the forced
+    `backend`, else the declared default) is a fused one, which the declaration makes so
+    only where it was measured: the cpu backend on the CPU, not yet on CUDA."""
+    if head != "auto":
+        return head == "fused"
+    from seer_kernels import _backend, _registry
+
+    if backend and backend not in _registry.op("prototype_cross_entropy").backends:
+        return False
+    return _backend.resolve(backend or None, device, "prototype_cross_entropy") != "reference"
 
 
 def compile_blocks(backbone: nn.Module, input_sizes: int) -> int:

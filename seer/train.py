@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import functools
 import json
 import math
 import os
@@ -54,7 +55,7 @@ from seer.config import (
     to_dict,
 )
 from seer.data import Shard, build_source
-from seer.models import build_model, compile_blocks, flops_per_image, parameter_counts, timm_name
+from seer.models import build_model, compile_blocks, flops_per_image, fused_head, parameter_counts, timm_name
 from seer.monitor import (
     MetricsLog,
     PhaseTimer,
@@ -67,7 +68,7 @@ from seer.monitor import (
     read_metrics,
 )
 from seer.optim import build_optimizer, build_schedule, set_lr
-from seer_kernels.swav import SwAVQueue, swav_loss
+from seer_kernels.swav import SwAVQueue, swav_loss, swav_prototype_loss
 
 
 class NonFiniteLoss(RuntimeError):
@@ -526,30 +527,15 @@ class Trainer:
         return crops
 
     def train_step(self, images: torch.Tensor, timer: PhaseTimer, want_stats: bool) -> dict:
-        cfg, b = self.cfg, images.shape[0]
+        b = images.shape[0]
         crops = self._crops(images)
         self.raw.prototypes.normalize()
         use_queue = self._queue_in_use() and self.queue.is_full
-        queue_in = self.queue.embeddings.reshape(-1, self.queue.embeddings.shape[-1]) if use_queue else None
         timer.mark("data")
-        with self._autocast():
-            z, all_scores = self.model(crops, queue_in)
-        timer.mark("forward")
-        n, k = z.shape[0], all_scores.shape[1]
-        scores, queue_scores = all_scores[:n], (all_scores[n:].detach() if use_queue else None)
-        loss = swav_loss(
-            scores.view(self.n_crops, b, k),
-            self.n_global,
-            temperature=cfg.swav.temperature,
-            sinkhorn_iterations=cfg.swav.sinkhorn_iterations,
-            sinkhorn_epsilon=cfg.swav.sinkhorn_epsilon,
-            queue_scores=None if queue_scores is None else queue_scores.view(self.n_global, -1, k),
-            process_group="world" if self.info.world > 1 else None,
-            backend=cfg.swav.backend or None,
-        )
+        z, loss, assign_scores = self._swav_head(crops, b, use_queue, timer, want_stats)
         loss_value = float(loss.detach())
         timer.mark("loss")
-        stats = prototype_stats(scores[: self.n_global * b]) if want_stats else {}
+        stats = prototype_stats(assign_scores) if want_stats else {}
         if D.any_rank(not math.isfinite(loss_value), self.info):
             self._nonfinite(loss_value)
             return {"loss": float("nan"), "skipped_step": True, **stats}
@@ -560,6 +546,53 @@ class Trainer:
             self.queue.enqueue(z[: self.n_global * b].detach().view(self.n_global, b, -1))
         timer.mark("optimizer")
         return {"loss": loss_value, "queue": use_queue, **stats}
+
+    def _swav_head(self, crops, b: int, use_queue: bool, timer: PhaseTimer, want_stats: bool):
+        """The embeddings z (V B, D), the SwAV loss of the step and the assignment crops'
+        (A B, K) scores (for the monitoring stats; None unless want_stats on the fused
+        head). Fused (swav.head): the model returns the loss of
+        seer_kernels.swav.swav_prototype_loss, computed in the prototypes' forward from the
+        embeddings (assignment and queue scores under no_grad, one Sinkhorn call on
+        (A, B + Q, K), prototype_cross_entropy); composed: the scores of every crop and
+        queue row, then swav_loss."""
+        cfg = self.cfg.swav
+        queue = self.queue.embeddings if use_queue else None  # (A, Q, D)
+        settings = dict(
+            temperature=cfg.temperature,
+            sinkhorn_iterations=cfg.sinkhorn_iterations,
+            sinkhorn_epsilon=cfg.sinkhorn_epsilon,
+            process_group="world" if self.info.world > 1 else None,
+            backend=cfg.backend or None,
+        )
+        if fused_head(cfg.head, cfg.backend, self.device):
+            v = self.n_crops
+            head = functools.partial(
+                swav_prototype_loss,
+                n_assign=self.n_global,
+                queue_embeddings=queue,
+                return_scores=want_stats,
+                **settings,
+            )
+            with self._autocast():
+                z, out = self.model(
+                    crops, fused_loss=lambda z, w, normalize: head(z.view(v, b, -1), w, normalize=normalize)
+                )
+            timer.mark("forward")
+            loss, scores = out if want_stats else (out, None)
+            return z, loss, None if scores is None else scores[:, :b].reshape(self.n_global * b, -1)
+        queue_in = None if queue is None else queue.reshape(-1, queue.shape[-1])
+        with self._autocast():
+            z, all_scores = self.model(crops, queue_in)
+        timer.mark("forward")
+        n, k = z.shape[0], all_scores.shape[1]
+        scores, queue_scores = all_scores[:n], (all_scores[n:].detach() if use_queue else None)
+        loss = swav_loss(
+            scores.view(self.n_crops, b, k),
+            self.n_global,
+            queue_scores=None if queue_scores is None else queue_scores.view(self.n_global, -1, k),
+            **settings,
+        )
+        return z, loss, scores[: self.n_global * b]
 
     def _optimizer_step(self) -> None:
         if self.step < self.cfg.swav.freeze_prototypes_steps:

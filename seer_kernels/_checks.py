@@ -97,3 +97,38 @@ def swav_cross_entropy_args(scores, codes, temperature) -> float:
     if b == 0 or k == 0:
         raise ValueError(f"scores must not be empty, got shape {tuple(scores.shape)}")
     return positive("temperature", temperature)
+
+
+def prototype_cross_entropy_args(embeddings, prototypes, codes, temperature, normalize) -> float:
+    tensor("embeddings", embeddings, 3, "(V, B, D)")
+    tensor("prototypes", prototypes, 2, "(K, D)")
+    tensor("codes", codes, 3, "(A, B, K)")
+    same_device(embeddings=embeddings, prototypes=prototypes, codes=codes)
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    v, b, d = embeddings.shape
+    k = prototypes.shape[0]
+    a = codes.shape[0]
+    if v < 2:
+        raise ValueError(f"embeddings must hold V >= 2 crops, got V={v} (shape {tuple(embeddings.shape)})")
+    if prototypes.shape[1] != d:
+        raise ValueError(
+            "embeddings and prototypes must have the same feature size D, got "
+            f"embeddings {tuple(embeddings.shape)} and prototypes {tuple(prototypes.shape)}"
+        )
+    if not 1 <= a <= v:
+        raise ValueError(
+            f"codes must hold 1 <= A <= V assignment crops, got A={a} with V={v} "
+            f"(codes {tuple(codes.shape)}, embeddings {tuple(embeddings.shape)})"
+        )
+    if codes.shape[1:] != (b, k):
+        raise ValueError(
+            f"codes must be (A, B, K) = (A, {b}, {k}) for embeddings {tuple(embeddings.shape)} and "
+            f"prototypes {tuple(prototypes.shape)}, got codes {tuple(codes.shape)}"
+        )
+    if b == 0 or d == 0 or k == 0:
+        raise ValueError(
+            f"embeddings and prototypes must not be empty, got embeddings {tuple(embeddings.shape)} "
+            f"and prototypes {tuple(prototypes.shape)}"
+        )
+    return positive("temperature", temperature)

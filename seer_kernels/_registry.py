@@ -41,7 +41,8 @@ class Op:
     # The C++ schema ops behind the op (forward first), as csrc/ops.cpp declares them.
     kernels: tuple[str, ...]
     backends: tuple[str, ...] = BACKENDS
-    # Per device type, fastest first, where this op's measurements disagree with DEVICE_ORDER.
+    # Per device type, fastest first, where this op's measurements disagree with DEVICE_ORDER
+    # (or "reference" first where no machine has measured the op's fused backends yet).
     order: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def default_order(self, device_type: str) -> tuple[str, ...]:
@@ -76,6 +77,16 @@ OPS = {
             order=(("cuda", ("cuda", "triton", "reference")),),
         ),
         Op("swav_cross_entropy", kernels=("swav_cross_entropy", "swav_cross_entropy_backward")),
+        # The fused head: no CUDA C++ kernels. No GPU has run its Triton kernels yet (proven
+        # under the interpreter and compiled for sm_90 only), so on CUDA tensors the plain
+        # reference stays the default until a GPU measures "triton"; backend="triton"
+        # forces them.
+        Op(
+            "prototype_cross_entropy",
+            kernels=("prototype_cross_entropy", "prototype_cross_entropy_backward"),
+            backends=("reference", "cpu", "triton"),
+            order=(("cuda", ("reference", "triton")),),
+        ),
     )
 }
 

@@ -23,7 +23,7 @@ def _time(fn, repeat: int = 3) -> float:
 
 def _row(op: str, backend: str, out: torch.Tensor, oracle: torch.Tensor, seconds: float) -> str:
     err = (out.double() - oracle.double()).abs().max().item()
-    return f"{op:<20} {backend:<10} {err:>10.2e} {seconds * 1e3:>10.2f}"
+    return f"{op:<24} {backend:<10} {err:>10.2e} {seconds * 1e3:>10.2f}"
 
 
 def cases() -> dict[str, tuple[Callable[[str], torch.Tensor], Callable[[], torch.Tensor]]]:
@@ -33,7 +33,8 @@ def cases() -> dict[str, tuple[Callable[[str], torch.Tensor], Callable[[], torch
     emb = torch.randn(1024, 128)
     protos = torch.randn(3000, 128)
     scores = reference.prototype_scores(emb, protos)
-    crops = F.normalize(torch.randn(8, 256, 128), dim=-1) @ F.normalize(protos, dim=1).t()
+    crop_emb = torch.randn(8, 256, 128)
+    crops = F.normalize(crop_emb, dim=-1) @ F.normalize(protos, dim=1).t()
     codes = torch.softmax(torch.randn(2, 256, 3000) / 0.05, dim=-1)
     return {
         "sinkhorn": (
@@ -48,12 +49,18 @@ def cases() -> dict[str, tuple[Callable[[str], torch.Tensor], Callable[[], torch
             lambda b: sk.swav_cross_entropy(crops, codes, 0.1, backend=b),
             lambda: reference.swav_cross_entropy(crops.double(), codes.double(), 0.1),
         ),
+        "prototype_cross_entropy": (
+            lambda b: sk.prototype_cross_entropy(crop_emb, protos, codes, 0.1, backend=b),
+            lambda: reference.prototype_cross_entropy(
+                crop_emb.double(), protos.double(), codes.double(), 0.1
+            ),
+        ),
     }
 
 
 def main() -> None:
     demo = cases()
-    print(f"{'op':<20} {'backend':<10} {'max |err|':>10} {'ms':>10}   (CPU, vs float64)")
+    print(f"{'op':<24} {'backend':<10} {'max |err|':>10} {'ms':>10}   (CPU, vs float64)")
     for op in _registry.OPS:
         fn, oracle = demo[op]
         expected = oracle()

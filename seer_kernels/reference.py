@@ -7,6 +7,7 @@ every benchmark. Written for clarity, not speed.
 - prototype_scores: cosine scores of embeddings against prototypes.
 - swav_cross_entropy: the loop over (assignment crop, other crop) pairs that SwAV and
   lightly write, one log-softmax per pair.
+- prototype_cross_entropy: the SwAV head, prototype_scores into swav_cross_entropy.
 """
 
 from __future__ import annotations
@@ -119,3 +120,19 @@ def swav_cross_entropy(scores: torch.Tensor, codes: torch.Tensor, temperature: f
             sub = sub - (codes[a].to(loss.dtype) * log_p).sum(dim=1).mean()
         loss = loss + sub / (n_crops - 1)
     return loss / n_assign
+
+
+def prototype_cross_entropy(
+    embeddings: torch.Tensor,
+    prototypes: torch.Tensor,
+    codes: torch.Tensor,
+    temperature: float = 0.1,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """The SwAV head's loss from embeddings (V, B, D), prototypes (K, D) and codes (A, B, K):
+    swav_cross_entropy(prototype_scores(e, p, normalize).view(V, B, K), codes, T), i.e.
+    SwAV's swapped prediction (Caron et al. 2020, eq. 1-2) on the cosine scores z^T c_k.
+    Holds the (V B, K) scores, as plain SwAV code does."""
+    v, b, d = embeddings.shape
+    scores = prototype_scores(embeddings.reshape(v * b, d), prototypes, normalize)
+    return swav_cross_entropy(scores.view(v, b, -1), codes, temperature)

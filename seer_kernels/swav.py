@@ -1,12 +1,21 @@
 """SwAV building blocks on the fused ops: the loss, the prototypes, the projection head
 and the feature queue, drop-in for lightly's `SwaVLoss` / `SwaVPrototypes` /
-`SwaVProjectionHead` and for the loop of the original SwAV script.
+`SwaVProjectionHead` and for the loop of the original SwAV script, and the fused head.
 
     from seer_kernels.swav import SwAVLoss, SwAVPrototypes, SwAVProjectionHead, SwAVQueue
+    from seer_kernels.swav import SwAVPrototypeLoss  # embeddings in, loss out: no score matrix
 
 Everything runs on the public ops (`seer_kernels.sinkhorn`, `prototype_scores`,
-`swav_cross_entropy`), so the backend underneath (`reference`, `cpu`, `cuda`, `triton`)
-is picked per call as everywhere else (`backend=None`, or SEER_KERNELS_BACKEND).
+`swav_cross_entropy`, `prototype_cross_entropy`), so the backend underneath
+(`reference`, `cpu`, `cuda`, `triton`) is picked per call as everywhere else
+(`backend=None`, or SEER_KERNELS_BACKEND).
+
+`SwAVLoss` takes scores, as lightly's does. `SwAVPrototypeLoss` (and the functional
+`swav_prototype_loss`) takes the embeddings and the prototypes instead: the assignment
+crops' (and queue's) scores under no_grad, one Sinkhorn call on the (A, B + Q, K) scores,
+then `prototype_cross_entropy`, which never holds the (V B, K) scores of all crops nor
+their gradient. It runs through `SwAVPrototypes.forward(x, fused_loss=...)`, so DDP and
+FSDP see the prototype weights used inside the module's forward.
 
 Per step the loss costs one fused Sinkhorn per assignment crop (the op solves one
 (B, K) transport problem; the crops are independent problems, and stacking them into one
@@ -32,13 +41,15 @@ shows it):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from seer_kernels.ops.prototype_cross_entropy import prototype_cross_entropy
 from seer_kernels.ops.prototype_scores import prototype_scores
 from seer_kernels.ops.sinkhorn import sinkhorn
 from seer_kernels.ops.swav_cross_entropy import swav_cross_entropy
@@ -46,11 +57,13 @@ from seer_kernels.ops.swav_cross_entropy import swav_cross_entropy
 __all__ = [
     "SwAVLoss",
     "SwAVProjectionHead",
+    "SwAVPrototypeLoss",
     "SwAVPrototypes",
     "SwAVQueue",
     "gather_group",
     "swav_codes",
     "swav_loss",
+    "swav_prototype_loss",
 ]
 
 QueueScores = torch.Tensor | Sequence[torch.Tensor] | None
@@ -278,6 +291,163 @@ class SwAVLoss(nn.Module):
         return loss.reshape(1)
 
 
+def _check_embeddings(embeddings, n_assign, queue_embeddings) -> torch.Tensor | None:
+    if not isinstance(embeddings, torch.Tensor):
+        raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
+    if embeddings.dim() != 3:
+        raise ValueError(f"embeddings must be a 3-D (V, B, D) tensor, got shape {tuple(embeddings.shape)}")
+    if isinstance(n_assign, bool) or not isinstance(n_assign, int):
+        raise TypeError(f"n_assign must be an int, got {type(n_assign).__name__}")
+    v, _, d = embeddings.shape
+    if not 1 <= n_assign <= v:
+        raise ValueError(f"n_assign must be in [1, V={v}], got {n_assign}")
+    if queue_embeddings is None:
+        return None
+    if not isinstance(queue_embeddings, torch.Tensor):
+        queue_embeddings = torch.stack(_crop_list("queue_embeddings", queue_embeddings))
+    if queue_embeddings.dim() != 3 or queue_embeddings.shape[0] != n_assign or queue_embeddings.shape[2] != d:
+        raise ValueError(
+            f"queue_embeddings must be (A={n_assign}, Q, D={d}): one (Q, D) tensor per assignment crop, "
+            f"got shape {tuple(queue_embeddings.shape)}"
+        )
+    return queue_embeddings
+
+
+def swav_prototype_loss(
+    embeddings: torch.Tensor,
+    prototypes: torch.Tensor,
+    n_assign: int,
+    *,
+    temperature: float = 0.1,
+    sinkhorn_iterations: int = 3,
+    sinkhorn_epsilon: float = 0.05,
+    queue_embeddings: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    normalize: bool = True,
+    process_group=None,
+    backend: str | None = None,
+    return_scores: bool = False,
+):
+    """SwAV's loss from the crops' embeddings and the prototypes, without the scores of
+    all crops: `swav_loss(prototype_scores(e, p).view(V, B, K), n_assign, ...)` in value and
+    gradients, computed as
+        scores = prototype_scores([e[:A] | queue], p) under no_grad      (A, B + Q, K)
+        codes = sinkhorn(scores)                                          one call, A problems
+        loss = prototype_cross_entropy(e, p, codes[:, :B], T)             fused, no (V B, K)
+
+    Args:
+        embeddings: (V, B, D) embeddings of V crops; the first `n_assign` are the
+            assignment crops (SwAV's crops_for_assign = 0..A-1).
+        prototypes: (K, D) prototype weights (differentiable, as the embeddings).
+        n_assign: A, 1 <= A <= V.
+        temperature, sinkhorn_iterations, sinkhorn_epsilon: as `swav_loss`.
+        queue_embeddings: None, or (A, Q, D) (or A tensors (Q, D)) queued embeddings of
+            each assignment crop (`SwAVQueue.embeddings`), scored with the current
+            prototypes for the Sinkhorn only.
+        normalize: cosine scores (both operands normalized inside the ops), or x @ W^T.
+        process_group: torch.distributed group (or "world") the Sinkhorn spans.
+        backend: forced backend of every op, or None.
+        return_scores: also return the (A, B + Q, K) scores the Sinkhorn ran on (no
+            gradient), for monitoring.
+    Returns: the 0-d loss, float32 (float64 for float64 operands); with return_scores,
+    (loss, scores).
+    """
+    queue = _check_embeddings(embeddings, n_assign, queue_embeddings)
+    b, d = embeddings.shape[1:]
+    with torch.no_grad():
+        rows = embeddings[:n_assign].detach()
+        if queue is not None:
+            rows = torch.cat((rows, queue.detach().to(rows.dtype)), dim=1)
+        a, n = rows.shape[:2]
+        scores = prototype_scores(
+            rows.reshape(a * n, d), prototypes.detach(), normalize=normalize, backend=backend
+        ).view(a, n, -1)
+        codes = sinkhorn(
+            scores,
+            epsilon=sinkhorn_epsilon,
+            iterations=sinkhorn_iterations,
+            process_group=process_group,
+            backend=backend,
+        )
+    loss = prototype_cross_entropy(
+        embeddings, prototypes, codes[:, :b], temperature, normalize=normalize, backend=backend
+    )
+    return (loss, scores) if return_scores else loss
+
+
+class SwAVPrototypeLoss(nn.Module):
+    """`SwAVLoss` fused with the prototype layer: the same arguments and value, but
+    `forward` takes the crops' embeddings and the `SwAVPrototypes` instead of their
+    scores, and never forms the (V B, K) scores of all crops or their gradient
+    (`swav_prototype_loss`; the op is `seer_kernels.prototype_cross_entropy`).
+
+    forward(high_resolution_embeddings, low_resolution_embeddings, prototypes,
+    queue_embeddings=None, step=None): lists of (B, D) embeddings (or stacked tensors);
+    `prototypes` a single-head `SwAVPrototypes` (its cosine flag and freezing apply; pass
+    `step` while it freezes) or a (K, D) weight tensor (cosine scores); `queue_embeddings`
+    one (Q, D) tensor of queued embeddings per high-resolution crop
+    (`SwAVQueue.embeddings`). Returns a tensor of shape (1,), as `SwAVLoss`.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        sinkhorn_iterations: int = 3,
+        sinkhorn_epsilon: float = 0.05,
+        sinkhorn_gather_distributed: bool = False,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if sinkhorn_gather_distributed and not dist.is_available():
+            raise ValueError(
+                "sinkhorn_gather_distributed is True but torch.distributed is not available; "
+                "set sinkhorn_gather_distributed=False or use a torch build with distributed support"
+            )
+        self.temperature = temperature
+        self.sinkhorn_iterations = sinkhorn_iterations
+        self.sinkhorn_epsilon = sinkhorn_epsilon
+        self.sinkhorn_gather_distributed = sinkhorn_gather_distributed
+        self.backend = backend
+
+    def forward(
+        self,
+        high_resolution_embeddings: Sequence[torch.Tensor] | torch.Tensor,
+        low_resolution_embeddings: Sequence[torch.Tensor] | torch.Tensor,
+        prototypes: SwAVPrototypes | torch.Tensor,
+        queue_embeddings: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        step: int | None = None,
+    ) -> torch.Tensor:
+        high = _crop_list("high_resolution_embeddings", high_resolution_embeddings)
+        low = _crop_list("low_resolution_embeddings", low_resolution_embeddings)
+        if not high:
+            raise ValueError("high_resolution_embeddings must hold at least one crop, got an empty list")
+        if len(high) + len(low) < 2:
+            raise ValueError("SwAV's swapped prediction needs at least two crops, got one")
+        shapes = {tuple(x.shape) for x in high + low}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"every crop's embeddings must be one (B, D) shape, got shapes {sorted(shapes)}")
+        fused = functools.partial(
+            swav_prototype_loss,
+            n_assign=len(high),
+            temperature=self.temperature,
+            sinkhorn_iterations=self.sinkhorn_iterations,
+            sinkhorn_epsilon=self.sinkhorn_epsilon,
+            queue_embeddings=queue_embeddings,
+            process_group=gather_group(self.sinkhorn_gather_distributed),
+            backend=self.backend,
+        )
+        embeddings = torch.stack(high + low)
+        if isinstance(prototypes, SwAVPrototypes):
+            loss = prototypes(embeddings, step, fused_loss=fused)
+        elif isinstance(prototypes, torch.Tensor):
+            loss = fused(embeddings, prototypes)
+        else:
+            raise TypeError(
+                f"prototypes must be a SwAVPrototypes or a (K, D) weight tensor, got {type(prototypes).__name__}"
+            )
+        return loss.reshape(1)
+
+
 # ------------------------------------------------------------------------ heads
 
 
@@ -295,7 +465,9 @@ class SwAVPrototypes(nn.Module):
         backend: forced backend of prototype_scores, or None.
 
     forward(x, step) takes (..., D) embeddings (as lightly's linear heads) and returns
-    (..., K) scores, or a list of them for a list of sizes. While
+    (..., K) scores, or a list of them for a list of sizes. forward(x, step,
+    fused_loss=fn) returns fn(x, weight, normalize=cosine) instead, with the head's (K, D)
+    weight: how `SwAVPrototypeLoss` computes its loss inside this module's forward. While
     frozen the prototypes enter the op detached, so their `.grad` stays None and torch
     optimizers skip them (no weight decay, no momentum step). Under DDP a frozen step
     leaves them unused: wrap with find_unused_parameters=True while freezing.
@@ -330,26 +502,38 @@ class SwAVPrototypes(nn.Module):
             )
         return step < self.n_steps_frozen_prototypes
 
-    def _score(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        # The fused op is not an autocast-aware op: cast its operands as autocast casts
+    @staticmethod
+    def _operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The fused ops are not autocast-aware ops: cast their operands as autocast casts
         # a linear layer's, so mixed precision runs the op in the autocast dtype.
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
-            x, weight = x.to(dtype), weight.to(dtype)
-        elif weight.dtype != x.dtype:
-            weight = weight.to(x.dtype)
+            return x.to(dtype), weight.to(dtype)
+        return x, weight.to(x.dtype)
+
+    def _score(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        x, weight = self._operands(x, weight)
         # The op takes (N, D); lightly's nn.Linear heads take any (..., D) (one crop's
         # (D,) vector, stacked (V, B, D) crops): score the flattened rows, keep the shape.
         rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
         out = prototype_scores(rows, weight, normalize=self.cosine, backend=self.backend)
         return out.reshape(*x.shape[:-1], weight.shape[0]) if x.dim() != 2 else out
 
-    def forward(self, x: torch.Tensor, step: int | None = None) -> torch.Tensor | list[torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, step: int | None = None, *, fused_loss: Callable | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor of (..., D) embeddings, got {type(x).__name__}")
         if x.dim() == 0:
             raise ValueError("x must be a (..., D) tensor of embeddings, got a 0-d tensor")
         frozen = self._frozen(step)
+        if fused_loss is not None:
+            # Inside forward, where FSDP has gathered the weight and DDP sees it used.
+            if not self._is_single_prototype:
+                raise ValueError("fused_loss needs a single prototype head; this module has several")
+            weight = self.heads[0].weight
+            x, weight = self._operands(x, weight.detach() if frozen else weight)
+            return fused_loss(x, weight, normalize=self.cosine)
         out = [self._score(x, head.weight.detach() if frozen else head.weight) for head in self.heads]
         return out[0] if self._is_single_prototype else out
 

@@ -156,7 +156,7 @@ OP_SCRIPT = textwrap.dedent(
     import json, sys
     import torch
     from seer.monitor import peak_rss_mb, rss_mb
-    from seer_kernels import prototype_scores, sinkhorn, swav_cross_entropy
+    from seer_kernels import prototype_cross_entropy, prototype_scores, sinkhorn, swav_cross_entropy
 
     def phase(fn):
         try:
@@ -188,6 +188,14 @@ OP_SCRIPT = textwrap.dedent(
         grad = torch.randn(n, k, generator=g)
         scores, peaks["forward"] = phase(lambda: prototype_scores(e, p, backend="cpu"))
         _, peaks["backward"] = phase(lambda: scores.backward(grad))
+    elif op == "prototype_cross_entropy":
+        e0, p0 = torch.randn(v, 8, d, requires_grad=True), torch.randn(32, d, requires_grad=True)
+        prototype_cross_entropy(e0, p0, torch.rand(a, 8, 32), backend="cpu").backward()
+        e = torch.randn(v, n, d, generator=g).requires_grad_()
+        p = torch.randn(k, d, generator=g).requires_grad_()
+        codes = torch.rand(a, n, k, generator=g)
+        loss, peaks["forward"] = phase(lambda: prototype_cross_entropy(e, p, codes, 0.1, backend="cpu"))
+        _, peaks["backward"] = phase(lambda: loss.backward())
     else:
         x0 = torch.randn(v, 8, 256, requires_grad=True)
         swav_cross_entropy(x0, torch.rand(a, 8, 256), backend="cpu").backward()
@@ -222,15 +230,32 @@ def _bounds(op: str, n: int) -> dict[str, int]:
             "forward": n * K * f32 + (n + K) * D * f32 + (n + K) * f32,
             "backward": 2 * (n + K) * D * f32 + 3 * D * f32 * t,
         }
+    if op == "prototype_cross_entropy":
+        # Returned gradients (V B D + K D); E_hat and grad E_hat (2 V B D), P_hat (K D),
+        # the 32 MiB block buffer, 16 grad E_hat partials of <= 1024 rows, per-row doubles,
+        # per-thread code segments (A x 1024).
+        grads = (V * n * D + K * D) * f32
+        work = 2 * V * n * D * f32 + K * D * f32 + 32 * MIB + 16 * 1024 * D * f32
+        rows = (A + 8) * V * n * f64 + A * 1024 * f64 * t
+        return {"forward": grads + work + rows, "backward": grads}
     scratch = (A + 2) * K * f32 * t
     return {"forward": V * n * f64 + n * f64 + scratch, "backward": V * n * K * f32 + scratch}
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("op, n", [("sinkhorn", 512), ("prototype_scores", 512), ("swav_cross_entropy", 256)])
+@pytest.mark.parametrize(
+    "op, n",
+    [
+        ("sinkhorn", 512),
+        ("prototype_scores", 512),
+        ("swav_cross_entropy", 256),
+        ("prototype_cross_entropy", 256),
+    ],
+)
 def test_cpu_op_memory_at_large_k_stays_within_the_documented_workspace(op, n):
     """K = 65536 prototypes: sinkhorn on (512, K) scores, prototype scores of 512 x 128
-    embeddings, the cross-entropy of 4 crops x 256 samples against 2 code crops."""
+    embeddings, the cross-entropy of 4 crops x 256 samples against 2 code crops, and the
+    fused head on 4 crops x 256 samples of 128-dim embeddings."""
     from seer_kernels import _backend
 
     if _backend.extension() is None:
@@ -253,3 +278,73 @@ def test_cpu_op_memory_at_large_k_stays_within_the_documented_workspace(op, n):
             f"{op} {name}: peak {peaks[name] / MIB:.1f} MiB over its inputs, "
             f"documented bound {bound / MIB:.1f} MiB + {SLACK // MIB} MiB slack"
         )
+
+
+# ------------------------------------------------------------ the fused SwAV head
+
+# Forward + backward of the SwAV head from embeddings, prototypes and codes, in a fresh
+# process: the fused op, today's fused ops composed (prototype_scores into
+# swav_cross_entropy) and plain PyTorch SwAV code (F.normalize(e) @ F.normalize(p).T into
+# lightly's per-pair log-softmax loop). Prints the peak RSS growth in bytes.
+HEAD_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import torch
+    import torch.nn.functional as F
+    from seer.monitor import peak_rss_mb, rss_mb
+    import seer_kernels as sk
+    from benchmarks.bench_prototype_cross_entropy import composition, plain_swav_loss
+
+    which = sys.argv[1]
+    v, b, d, k, a = (int(x) for x in sys.argv[2:7])
+    fns = {
+        "fused": lambda e, p, c: sk.prototype_cross_entropy(e, p, c, 0.1, backend="cpu"),
+        "composition": lambda e, p, c: composition(e, p, c, 0.1),
+        "plain": lambda e, p, c: plain_swav_loss(e, p, c, 0.1),
+    }
+    fn = fns[which]
+    g = torch.Generator().manual_seed(0)
+    e0, p0 = torch.randn(v, 4, d, requires_grad=True), torch.randn(16, d, requires_grad=True)
+    fn(e0, p0, torch.softmax(torch.randn(a, 4, 16), -1)).backward()  # kernels and threads set up
+    e = torch.randn(v, b, d, generator=g).requires_grad_()
+    p = torch.randn(k, d, generator=g).requires_grad_()
+    codes = torch.softmax(torch.randn(a, b, k, generator=g), -1)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    before = rss_mb()
+    fn(e, p, codes).backward()
+    print(int((peak_rss_mb() - before) * 2**20))
+    """
+)
+
+
+@pytest.mark.timeout(900)
+def test_fused_head_memory_against_the_composition_and_plain_swav():
+    """(V, B, D, K) = (10, 256, 256, 65536), fp32, A = 2: the fused head's peak RSS growth
+    over forward and backward is at most 1/4 of today's fused ops composed and 1/8 of plain
+    SwAV code (measured on the 2-core machines: 133-169 MiB, 1.29 GiB, 2.4 GiB). The
+    plain run holds 2.4 GB for ~15 s."""
+    from seer_kernels import _backend
+
+    if _backend.extension() is None:
+        pytest.skip("seer_kernels._C is not built")
+    if not Path("/proc/self/statm").exists():
+        pytest.skip("needs Linux's /proc for resident memory")
+    peaks = {}
+    for which in ("fused", "composition", "plain"):
+        done = subprocess.run(
+            [sys.executable, "-c", HEAD_SCRIPT, which, "10", "256", "256", "65536", "2"],
+            env=_env(MALLOC_MMAP_THRESHOLD_=str(MIB), OMP_NUM_THREADS=str(THREADS)),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        peaks[which] = int(done.stdout.strip().splitlines()[-1])
+    mib = {name: round(value / MIB, 1) for name, value in peaks.items()}
+    assert peaks["fused"] <= peaks["composition"] / 4, f"peak RSS growth (MiB): {mib}"
+    assert peaks["fused"] <= peaks["plain"] / 8, f"peak RSS growth (MiB): {mib}"

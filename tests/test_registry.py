@@ -122,7 +122,9 @@ def test_default_order_derives_from_the_declaration():
     for op in OPS:
         for device_type in _registry.DEVICE_TYPES:
             order = _backend.DEFAULT_ORDER[f"{op}:{device_type}"]
-            assert set(order) <= set(_registry.op(op).backends) and order[-1] == "reference"
+            # The reference ends every order (the fallback), or leads it where no machine
+            # has measured the op's fused backends on that device yet.
+            assert set(order) <= set(_registry.op(op).backends) and "reference" in (order[0], order[-1])
     toy = _registry.Op("toy_op", kernels=(), backends=("reference", "cuda"))
     assert toy.default_order("cuda") == ("cuda", "reference")
     assert toy.default_order("cpu") == ("reference",)

@@ -26,10 +26,12 @@ from seer_kernels import _backend
 from seer_kernels.swav import (
     SwAVLoss,
     SwAVProjectionHead,
+    SwAVPrototypeLoss,
     SwAVPrototypes,
     SwAVQueue,
     swav_codes,
     swav_loss,
+    swav_prototype_loss,
 )
 
 lightly_loss = pytest.importorskip("lightly.loss.swav_loss")
@@ -544,6 +546,108 @@ def test_torch_compile_fullgraph(backend):
         for o, r in zip(out, ref, strict=True):
             torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-6)
             assert o.requires_grad == (step >= 2)
+
+
+# ------------------------------------------------------------------------ the fused head
+
+HEAD_BACKENDS = [
+    b for b in seer_kernels.available_backends("cpu", op="prototype_cross_entropy") if b in RUNNABLE
+]
+
+
+def _head_inputs(v=6, b=8, d=16, k=30, *, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    emb = [torch.randn(b, d, generator=g).requires_grad_() for _ in range(v)]
+    return emb, torch.randn(2, 12, d, generator=g)
+
+
+@pytest.mark.parametrize("with_queue", [False, True])
+@pytest.mark.parametrize("backend", HEAD_BACKENDS)
+def test_prototype_loss_equals_the_loss_of_the_scores(backend, with_queue):
+    """SwAVPrototypeLoss(embeddings, prototypes) == SwAVLoss(prototypes(embeddings)):
+    value and the gradients of the embeddings and the prototype weight (the tolerance
+    rule, against the float64 loss of the scores)."""
+    emb, queue = _head_inputs(seed=1)
+    queue = queue if with_queue else None
+    torch.manual_seed(0)
+    protos = SwAVPrototypes(16, 30, backend=backend)
+    weight = protos.heads[0].weight
+
+    def fused(e, w):
+        return SwAVPrototypeLoss(backend=backend)(
+            e[:2], e[2:], w, None if queue is None else queue.to(w.dtype)
+        )
+
+    def composed(e, w):
+        scores = [seer_kernels.prototype_scores(x, w, backend="reference") for x in e]
+        q = (
+            None
+            if queue is None
+            else [seer_kernels.prototype_scores(x, w, backend="reference") for x in queue.to(w.dtype)]
+        )
+        return SwAVLoss(backend="reference")(scores[:2], scores[2:], q)
+
+    def run(fn, dtype):
+        e = [x.detach().to(dtype).requires_grad_() for x in emb]
+        w = weight.detach().to(dtype).requires_grad_()
+        loss = fn(e, w)
+        return [loss.detach(), *torch.autograd.grad(loss, [*e, w])]
+
+    ours, same, oracle = run(fused, torch.float32), run(composed, torch.float32), run(composed, torch.float64)
+    for i, (x, y, z) in enumerate(zip(ours, same, oracle, strict=True)):
+        assert_close_rule(x, y, z, torch.float32, floor=grad_floor(z) if i else None, what=f"output {i}")
+    # Through the module: the same, and its loss has lightly's shape (1,).
+    loss = SwAVPrototypeLoss(backend=backend)(emb[:2], emb[2:], protos, queue)
+    assert loss.shape == (1,)
+    torch.testing.assert_close(loss, ours[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", HEAD_BACKENDS)
+def test_prototype_loss_freezes_and_runs_inside_the_prototypes_forward(backend):
+    """While frozen the prototype weight gets no gradient; the loss is computed in the
+    prototypes' forward (a forward hook sees it), where FSDP gathers the weight."""
+    emb, _ = _head_inputs(seed=2)
+    protos = SwAVPrototypes(16, 30, n_steps_frozen_prototypes=2, backend=backend)
+    seen = []
+    protos.register_forward_hook(lambda module, args, out: seen.append(out))
+    criterion = SwAVPrototypeLoss(backend=backend)
+    criterion(emb[:2], emb[2:], protos, step=1).backward()
+    assert protos.heads[0].weight.grad is None and emb[0].grad is not None
+    criterion(emb[:2], emb[2:], protos, step=2).backward()
+    assert protos.heads[0].weight.grad is not None
+    assert len(seen) == 2 and seen[0].dim() == 0
+    with pytest.raises(ValueError, match="pass the current `step`"):
+        criterion(emb[:2], emb[2:], protos)
+
+
+def test_prototype_loss_matches_the_paper_in_float64(default_backend_runs):
+    emb, _ = _head_inputs(seed=3)
+    e64 = [x.detach().double() for x in emb]
+    w = F.normalize(torch.randn(30, 16, dtype=torch.float64), dim=1)
+    loss = swav_prototype_loss(torch.stack(e64), w, 2, temperature=0.1)
+    scores = [F.normalize(x, dim=1) @ w.t() for x in e64]
+    oracle = swav_paper_loss(scores, 2, temperature=0.1, epsilon=0.05, iterations=3)
+    torch.testing.assert_close(loss, oracle, rtol=1e-10, atol=1e-12)
+
+
+def test_prototype_loss_bad_input(default_backend_runs):
+    emb, queue = _head_inputs(seed=4)
+    protos = SwAVPrototypes(16, 30)
+    criterion = SwAVPrototypeLoss()
+    with pytest.raises(ValueError, match="at least one crop"):
+        criterion([], emb, protos)
+    with pytest.raises(ValueError, match="at least two crops"):
+        criterion(emb[:1], [], protos)
+    with pytest.raises(ValueError, match="one \\(B, D\\) shape"):
+        criterion(emb[:2], [emb[2][:4]], protos)
+    with pytest.raises(ValueError, match="queue_embeddings must be"):
+        criterion(emb[:2], emb[2:], protos, queue[:1])
+    with pytest.raises(ValueError, match="single prototype head"):
+        criterion(emb[:2], emb[2:], SwAVPrototypes(16, [30, 20]))
+    with pytest.raises(TypeError, match="prototypes must be"):
+        criterion(emb[:2], emb[2:], "prototypes")
+    with pytest.raises(ValueError, match="n_assign must be in"):
+        swav_prototype_loss(torch.stack(emb), protos.heads[0].weight, 7)
 
 
 def test_math_of_the_oracle():

@@ -7,7 +7,10 @@ Each rank holds half of a global batch. Checked on every rank:
 - the gathered-Sinkhorn loss and its gradients equal lightly's SwaVLoss with
   sinkhorn_gather_distributed=True on the same shard;
 - each rank's codes equal the single-process codes of the concatenated global rows;
-- the same DDP run with the gathered Sinkhorn (sinkhorn_gather_distributed=True).
+- the same DDP run with the gathered Sinkhorn (sinkhorn_gather_distributed=True);
+- the fused head (SwAVPrototypeLoss, its loss computed inside the prototypes' forward)
+  trained under DDP ends with the parameters of the scores-taking loss, with the local
+  and the gathered Sinkhorn.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import seer_kernels
-from seer_kernels.swav import SwAVLoss, SwAVProjectionHead, SwAVPrototypes, swav_codes
+from seer_kernels.swav import SwAVLoss, SwAVProjectionHead, SwAVPrototypeLoss, SwAVPrototypes, swav_codes
 
 lightly_loss = pytest.importorskip("lightly.loss.swav_loss")
 
@@ -114,13 +117,50 @@ def _check_ddp_training(rank: int, backend: str, gather: bool) -> None:
     torch.testing.assert_close(gathered[0], gathered[1], rtol=0, atol=0)
 
 
+class _FusedNet(_Net):
+    """_Net whose forward returns the fused head's loss (SwAVPrototypeLoss, computed
+    inside the prototypes' forward) instead of the scores."""
+
+    def forward(self, views: torch.Tensor, step: int, criterion: SwAVPrototypeLoss) -> torch.Tensor:
+        v, b, d = views.shape
+        z = F.normalize(self.head(self.backbone(views.reshape(v * b, d))), dim=1).view(v, b, -1)
+        return criterion(list(z[:2]), list(z[2:]), self.prototypes, step=step)
+
+
+def _check_fused_ddp_training(rank: int, backend: str, gather: bool) -> None:
+    """The fused head trained under DDP ends where the scores-taking loss ends, and the
+    same on both ranks."""
+    torch.manual_seed(0)
+    model = _FusedNet(backend)
+    ddp = DistributedDataParallel(model, find_unused_parameters=True)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+    criterion = SwAVPrototypeLoss(sinkhorn_gather_distributed=gather, backend=backend)
+    g = torch.Generator().manual_seed(1 + rank)
+    for step in range(4):
+        model.prototypes.normalize()
+        loss = ddp(torch.randn(4, 8, 12, generator=g), step, criterion)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    fused = [p.detach().clone() for p in model.parameters()]
+    scores = _train(SwAVLoss(sinkhorn_gather_distributed=gather, backend=backend), rank, backend)
+    for a, t in zip(fused, scores, strict=True):
+        torch.testing.assert_close(a, t, rtol=1e-4, atol=1e-6)
+    flat = torch.cat([p.flatten() for p in fused])
+    gathered = [torch.empty_like(flat) for _ in range(WORLD)]
+    dist.all_gather(gathered, flat)
+    torch.testing.assert_close(gathered[0], gathered[1], rtol=0, atol=0)
+
+
 def _worker(rank: int, init_file: str, backend: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         _check_ddp_training(rank, backend, gather=False)
+        _check_fused_ddp_training(rank, backend, gather=False)
         _check_loss(rank, backend)
         _check_ddp_training(rank, backend, gather=True)
+        _check_fused_ddp_training(rank, backend, gather=True)
     finally:
         dist.destroy_process_group()
 

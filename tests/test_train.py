@@ -64,6 +64,53 @@ def test_default_config_few_steps_loss_finite_and_decreasing(tmp_path):
         assert (run / name).is_file(), name
 
 
+# ------------------------------------------------------------------------ the fused head
+
+
+def test_fused_head_trains_like_the_composed_head(tmp_path):
+    """The fused head (prototype_cross_entropy) against the previous head (prototype_scores
+    into swav_cross_entropy, cpu backend): the same losses step by step, within the
+    tolerance derived here. Both heads compute the same loss from the same parameters up to
+    fp32 rounding; over steps the training dynamics amplify any rounding difference, by
+    an amount that belongs to the run, not to the head. It is measured on the run itself:
+    the previous head on the reference backend differs from it by fp32 rounding alone, so
+    the fused head may differ at step t by at most twice the largest difference the
+    reference backend shows up to t, plus 1e-6 of the loss (the tests/tolerance.py rule,
+    applied to training). At step 1 (same parameters) that bound is ~1e-6, so a wrong
+    loss fails at once. 12 steps of the small default: prototypes unfrozen at step 4, the
+    queue in the Sinkhorn from step 3. (The first 200 steps of the demo config, compared the
+    same way by hand: benchmarks/results/prototype-cross-entropy/README.md.)"""
+    common = [
+        "train.max_steps=12",
+        "swav.freeze_prototypes_steps=4",
+        "swav.queue_length=32",
+        "swav.queue_start_epoch=0",
+        "train.deterministic=true",
+        "train.export_backbone=false",
+    ]
+    heads = {
+        "fused": ["swav.head=fused"],
+        "composed": ["swav.head=composed", "swav.backend=cpu"],
+        "reference": ["swav.head=composed", "swav.backend=reference"],
+    }
+    losses = {}
+    for name, overrides in heads.items():
+        train(small_cfg(tmp_path / name, *common, *overrides))
+        records = metrics(tmp_path / name)
+        losses[name] = [r["loss"] for r in records]
+        assert len(losses[name]) == 12 and all(math.isfinite(x) for x in losses[name])
+        assert any(r["queue"] for r in records)
+    spread = 0.0
+    for t, (fused, composed, ref) in enumerate(
+        zip(losses["fused"], losses["composed"], losses["reference"], strict=True)
+    ):
+        spread = max(spread, abs(composed - ref))
+        bound = 2 * spread + 1e-6 * abs(composed)
+        assert abs(fused - composed) <= bound, (
+            f"step {t + 1}: {fused} vs {composed}, bound {bound:.2e}: {losses}"
+        )
+
+
 # ------------------------------------------------------------------------ resume
 
 
@@ -282,8 +329,14 @@ def _torchrun(tmp_path: Path, *overrides: str) -> dict:
     return json.loads(out.read_text())
 
 
-def test_ddp_with_sharded_lars_two_processes(tmp_path):
-    result = _torchrun(tmp_path, "optimizer.name=lars", "optimizer.lr=0.5", "optimizer.sharded=true")
+# The fused head computes its loss inside the prototypes' forward (FSDP gathers the weight
+# there, DDP sees it used); the composed head scores every crop. Both train under both.
+HEADS = ["swav.head=fused", "swav.head=composed"]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_ddp_with_sharded_lars_two_processes(tmp_path, head):
+    result = _torchrun(tmp_path, "optimizer.name=lars", "optimizer.lr=0.5", "optimizer.sharded=true", head)
     assert (
         result["world"] == 2 and result["mode"] == "ddp" and result["optimizer"] == "ZeroRedundancyOptimizer"
     )
@@ -295,9 +348,10 @@ def test_ddp_with_sharded_lars_two_processes(tmp_path):
     assert not torch.equal(state["ranks"][0]["queue"]["queue"], state["ranks"][1]["queue"]["queue"])
 
 
-def test_fsdp2_two_processes(tmp_path):
+@pytest.mark.parametrize("head", HEADS)
+def test_fsdp2_two_processes(tmp_path, head):
     result = _torchrun(
-        tmp_path, "distributed=fsdp", "train.precision=bf16", "optimizer.name=lars", "optimizer.lr=0.5"
+        tmp_path, "distributed=fsdp", "train.precision=bf16", "optimizer.name=lars", "optimizer.lr=0.5", head
     )
     assert result["world"] == 2 and result["mode"] == "fsdp" and result["step"] == 3
     assert math.isfinite(result["loss"]) and result["max_diff"] == 0.0

@@ -42,8 +42,17 @@ CONSTEXPRS = {
         "BLOCK_M": 64, "BLOCK_R": 32, "BLOCK_D": 128,
     },
     "_finish_kernel": {"NORMALIZE": True, "EPS": 1e-12, "BLOCK_M": 32, "BLOCK_D": 128},
+    "_head_rows_kernel": {
+        "A": 2, "NORMALIZE": True, "PRECISION": "ieee", "EPS": 1e-12, "F64": False,
+        "BLOCK_R": 32, "BLOCK_K": 32, "BLOCK_D": 128,
+    },
+    "_head_cols_kernel": {
+        "A": 2, "NORMALIZE": True, "PRECISION": "ieee", "EPS": 1e-12, "F64": False,
+        "BLOCK_R": 32, "BLOCK_K": 32, "BLOCK_D": 128, "BLOCK_P": 128,
+    },
+    "_scale_kernel": {"BLOCK": 1024},
 }  # fmt: skip
-FLOATS = {"eps", "scale", "inv_t", "inv_t_lo", "norm", "log_b", "log_k", "fx", "inv_fx"}
+FLOATS = {"eps", "scale", "inv_t", "inv_t_lo", "norm", "coef", "log_b", "log_k", "fx", "inv_fx"}
 # Pointer arguments that are not fp32 (the rest are): the Sinkhorn accumulators and the
 # grid barrier word.
 POINTERS = {"acc": "*i64", "sem": "*i32"}
@@ -65,6 +74,10 @@ INTS = {
     "E_BLOCKS",
     "R_SPLIT",
     "SPLITS",
+    "VB",
+    "PARTIALS",
+    "NE",
+    "NP",
 }
 
 SCRIPT = textwrap.dedent(
@@ -134,3 +147,87 @@ def test_no_kernel_spills_at_the_launch_configurations():
         capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+# The fused head's kernels at the configurations its launcher picks for the issue's head
+# shapes (D = 128: (8, 64, 128, 3000), (8, 256, 128, 3000); D = 256: (6, 32, 256, 16000),
+# (10, 256, 256, 65536)), fp32 (the trainer's head) and bf16 (under autocast), compiled
+# for sm_90 with ptxas' resource log: registers, spills, shared memory.
+HEAD_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch, triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from seer_kernels.triton import prototype_cross_entropy as head
+
+    floats, ints = json.loads(sys.argv[1])
+    for d in (128, 256):
+        for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            cfg = head.config(d, dtype, torch.device("cuda"))
+            options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+            consts = {"A": 2, "NORMALIZE": True, "EPS": 1e-12, "F64": False,
+                      "PRECISION": "tf32" if dtype == torch.float32 else "ieee", **cfg}
+            kernels = [(head._head_rows_kernel, consts), (head._head_cols_kernel, {**consts, "BLOCK_P": 128})]
+            if d == 128:  # the backward's scaling does not depend on D
+                kernels.append((head._scale_kernel, {"BLOCK": 1024}))
+            for fn, c in kernels:
+                sig = {}
+                for p in fn.params:
+                    if p.is_constexpr:
+                        sig[p.name] = "constexpr"
+                    elif p.name in floats:
+                        sig[p.name] = "fp32"
+                    elif p.name in ints or p.name.startswith("s_"):
+                        sig[p.name] = "i32"
+                    elif p.name in ("rows_ptr", "partial_ptr"):
+                        sig[p.name] = "*fp64"
+                    elif p.name in ("codes_ptr", "loss_ptr", "grad_loss_ptr"):
+                        sig[p.name] = "*fp32"
+                    else:
+                        sig[p.name] = "*" + name
+                k = triton.compile(ASTSource(fn, signature=sig, constexprs=c),
+                                   target=GPUTarget("cuda", 90, 32), options=options)
+                print(f"KERNEL {fn.__name__} D={d} {name} {cfg} shared={k.metadata.shared}", flush=True)
+    """
+)
+
+
+def test_fused_head_kernels_do_not_spill_at_sm90(tmp_path):
+    """ptxas (TRITON_DUMP_PTXAS_LOG=1, a fresh cache so every kernel is compiled) reports
+    no spill for any kernel of the fused head; the test prints the resource table."""
+    pytest.importorskip("triton")
+    import json
+    import re
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        TRITON_DUMP_PTXAS_LOG="1",
+        TRITON_CACHE_DIR=str(tmp_path),
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", HEAD_SCRIPT, json.dumps([sorted(FLOATS), sorted(INTS)])],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=ROOT,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    # ptxas prints each kernel's log before the script names it.
+    rows, pending = [], []
+    for line in out.splitlines():
+        if "bytes spill stores" in line or "Used" in line and "registers" in line:
+            pending.append(line)
+        elif line.startswith("KERNEL"):
+            spills = [
+                int(x) for text in pending for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", text)
+            ]
+            regs = [int(x) for text in pending for x in re.findall(r"Used (\d+) registers", text)]
+            rows.append((line, regs, spills))
+            pending = []
+    print("\n".join(f"{line} registers={regs} spills={spills}" for line, regs, spills in rows))
+    assert len(rows) == 10, out[-4000:]
+    assert all(regs and spills and max(spills) == 0 for _, regs, spills in rows), rows

@@ -148,6 +148,44 @@ void test_swav_cross_entropy() {
   check(err < 1e-5, "swav_cross_entropy err=" + std::to_string(err));
 }
 
+// The fused head against its definition (cosine scores, then the loop over crop pairs);
+// its gradients are checked against float64 autograd in tests/test_prototype_cross_entropy.py,
+// here only that grad_e is tangent to e (the gradient through a normalization is
+// orthogonal to its input row).
+void test_prototype_cross_entropy() {
+  if (!has_cpu_kernel("seer_kernels::prototype_cross_entropy")) {
+    check(false, "prototype_cross_entropy has a CPU kernel");
+    return;
+  }
+  auto head = op("seer_kernels::prototype_cross_entropy")
+                  .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                      const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool)>();
+  at::manual_seed(3);
+  const int64_t v = 4, a = 2, b = 9, d = 6, k = 300;
+  const double t = 0.1;
+  auto e = at::randn({v, b, d});
+  auto p = at::randn({k, d});
+  auto codes = at::softmax(at::randn({a, b, k}), 2);
+  auto [loss, grad_e, grad_p] = head.call(e, p, codes, t, true);
+  auto e64 = e.to(at::kDouble), p64 = p.to(at::kDouble), c64 = codes.to(at::kDouble);
+  auto scores = at::matmul(e64 / e64.norm(2, {2}, true), (p64 / p64.norm(2, {1}, true)).t());
+  double ref = 0;
+  for (int64_t i = 0; i < a; ++i) {
+    double sub = 0;
+    for (int64_t j = 0; j < v; ++j) {
+      if (j == i) continue;
+      sub -= (c64[i] * at::log_softmax(scores[j] / t, 1)).sum(1).mean().item<double>();
+    }
+    ref += sub / (v - 1);
+  }
+  ref /= a;
+  double err = std::abs(loss.item<double>() - ref);
+  check(err < 1e-5, "prototype_cross_entropy err=" + std::to_string(err));
+  double radial = (grad_e.to(at::kDouble) * e64).sum(2).abs().max().item<double>();
+  check(radial < 1e-6,
+        "prototype_cross_entropy grad_e is tangent, radial=" + std::to_string(radial));
+}
+
 }  // namespace
 
 int main() {
@@ -155,6 +193,7 @@ int main() {
   test_sinkhorn();
   test_prototype_scores();
   test_swav_cross_entropy();
+  test_prototype_cross_entropy();
   std::printf("%d failure(s)\n", failures);
   return failures == 0 ? 0 : 1;
 }

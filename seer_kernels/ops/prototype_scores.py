@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from seer_kernels import _backend, _checks, _library
-from seer_kernels._dtypes import accumulation_dtype
+from seer_kernels._dtypes import accumulation_dtype, operand_dtype
 
 # ------------------------------------------------------------------------ registration
 
@@ -64,13 +64,8 @@ _library.register(
 
 
 def _same_dtype(embeddings: torch.Tensor, prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One operand dtype: the autocast dtype under torch.autocast (fp64 stays fp64, as
-    autocast leaves it), else the promoted dtype of the two."""
-    device_type = embeddings.device.type
-    if torch.is_autocast_enabled(device_type) and torch.float64 not in (embeddings.dtype, prototypes.dtype):
-        dtype = torch.get_autocast_dtype(device_type)
-    else:
-        dtype = torch.promote_types(embeddings.dtype, prototypes.dtype)
+    """One operand dtype (seer_kernels._dtypes.operand_dtype)."""
+    dtype = operand_dtype(embeddings, prototypes)
     return embeddings.to(dtype), prototypes.to(dtype)
 
 

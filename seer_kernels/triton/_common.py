@@ -90,6 +90,24 @@ def grid_barrier(sem):
     tl.debug_barrier()
 
 
+@triton.jit
+def row_sums_f64(x, d):
+    """||x||^2 and <x, d> per row of a tile, in fp64: products of fp32 values are
+    exact there, so the projection below cancels exactly where d is parallel to x."""
+    x64 = x.to(tl.float64)
+    return tl.sum(x64 * x64, axis=1), tl.sum(x64 * d.to(tl.float64), axis=1)
+
+
+@triton.jit
+def project_rows(d, x, rn, ss, dot, EPS: tl.constexpr):
+    """Gradient of x / max(||x||, eps) from d = d(loss)/d(x_hat), in fp64:
+    rn (d - x <x, d> / ||x||^2) where ||x|| >= eps (x_hat <x_hat, d> without the
+    rounding of rn^2), rn d where clamped. ss, dot: fp64 row sums (row_sums_f64)."""
+    keep = tl.sqrt(ss) >= EPS
+    c = tl.where(keep, dot / tl.where(keep, ss, 1.0), 0.0)
+    return rn.to(tl.float64)[:, None] * (d.to(tl.float64) - x.to(tl.float64) * c[:, None])
+
+
 # --------------------------------------------------------------------- launch helpers
 
 
@@ -134,3 +152,10 @@ def programs_per_sm(registers: int, shared_bytes: int, warps: int) -> int:
     by_warps = 64 // warps
     by_shared = (228 * 1024) // shared_bytes if shared_bytes else 32
     return min(by_registers, by_warps, by_shared, 32)
+
+
+def dot_precision(x: torch.Tensor) -> str:
+    """fp32 operands follow torch's matmul precision setting (TF32 only when allowed);
+    the interpreter and other dtypes are exact products with fp32/fp64 accumulation."""
+    tf32 = x.is_cuda and x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return "tf32" if tf32 else "ieee"

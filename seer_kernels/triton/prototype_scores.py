@@ -34,7 +34,14 @@ import triton.language as tl
 
 from seer_kernels._dtypes import accumulation_dtype
 from seer_kernels._interpreter import wrap_triton
-from seer_kernels.triton._common import inverse_norm, pow2, target_programs
+from seer_kernels.triton._common import (
+    dot_precision,
+    inverse_norm,
+    pow2,
+    project_rows,
+    row_sums_f64,
+    target_programs,
+)
 
 EPS = 1e-12  # F.normalize's default eps; the reference's semantics
 
@@ -141,24 +148,6 @@ def _scores_kernel(
 
 
 @triton.jit
-def _row_sums(x, d):
-    """||x||^2 and <x, d> per row of a tile, in fp64: products of fp32 values are
-    exact there, so the projection below cancels exactly where d is parallel to x."""
-    x64 = x.to(tl.float64)
-    return tl.sum(x64 * x64, axis=1), tl.sum(x64 * d.to(tl.float64), axis=1)
-
-
-@triton.jit
-def _project(d, x, rn, ss, dot, EPS: tl.constexpr):
-    """Gradient of x / max(||x||, eps) from d = d(loss)/d(x_hat), in fp64:
-    rn (d - x <x, d> / ||x||^2) where ||x|| >= eps (x_hat <x_hat, d> without the
-    rounding of rn^2), rn d where clamped. ss, dot: fp64 row sums (_row_sums)."""
-    keep = tl.sqrt(ss) >= EPS
-    c = tl.where(keep, dot / tl.where(keep, ss, 1.0), 0.0)
-    return rn.to(tl.float64)[:, None] * (d.to(tl.float64) - x.to(tl.float64) * c[:, None])
-
-
-@triton.jit
 def _grad_kernel(
     g_ptr,
     y_ptr,
@@ -213,8 +202,8 @@ def _grad_kernel(
     if PROJECT:
         x = tl.load(x_ptr + rows[:, None] * s_xm + cols[None, :] * s_xd, mask=mask, other=0.0)
         rn_x = tl.load(rn_x_ptr + rows, mask=row_ok, other=0.0)
-        ss, dot = _row_sums(x, acc)
-        result = _project(acc, x, rn_x, ss, dot, EPS)
+        ss, dot = row_sums_f64(x, acc)
+        result = project_rows(acc, x, rn_x, ss, dot, EPS)
     else:
         result = acc
     offs = split * s_os + rows[:, None].to(tl.int64) * s_om + cols[None, :] * s_od
@@ -259,7 +248,7 @@ def _finish_kernel(
             mask = row_ok[:, None] & (cols[None, :] < D)
             d = _split_sum(part_ptr, rows, cols, mask, M, D, SPLITS)
             x = tl.load(x_ptr + rows[:, None] * s_xm + cols[None, :] * s_xd, mask=mask, other=0.0)
-            chunk_ss, chunk_dot = _row_sums(x, d)
+            chunk_ss, chunk_dot = row_sums_f64(x, d)
             ss += chunk_ss
             dot += chunk_dot
     rn_x = tl.load(rn_x_ptr + rows, mask=row_ok, other=0.0)
@@ -269,7 +258,7 @@ def _finish_kernel(
         d = _split_sum(part_ptr, rows, cols, mask, M, D, SPLITS)
         if NORMALIZE:
             x = tl.load(x_ptr + rows[:, None] * s_xm + cols[None, :] * s_xd, mask=mask, other=0.0)
-            d = _project(d, x, rn_x, ss, dot, EPS)
+            d = project_rows(d, x, rn_x, ss, dot, EPS)
         offs = rows[:, None].to(tl.int64) * D + cols[None, :]
         tl.store(out_ptr + offs, d.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -277,13 +266,6 @@ def _finish_kernel(
 # --------------------------------------------------------------------------- launchers
 
 _FUSED_MAX_D = 256  # widest row the backward epilogue projects in registers
-
-
-def _dot_precision(x: torch.Tensor) -> str:
-    """fp32 operands follow torch's matmul precision setting (TF32 only when allowed);
-    the interpreter and other dtypes are exact products with fp32/fp64 accumulation."""
-    tf32 = x.is_cuda and x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    return "tf32" if tf32 else "ieee"
 
 
 def _interpreter_scale(x: torch.Tensor) -> int:
@@ -340,7 +322,7 @@ def _launch_scores(e, p, rn_e, rn_p, out, normalize: bool) -> None:
         out.stride(0),
         out.stride(1),
         NORMALIZE=normalize,
-        PRECISION=_dot_precision(e),
+        PRECISION=dot_precision(e),
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         BLOCK_D=block_d,
@@ -397,7 +379,7 @@ def _launch_grad(g_strides: tuple[int, int], g, x, rn_x, y, rn_y, normalize: boo
         dest.stride(-1),
         NORMALIZE=normalize,
         PROJECT=project,
-        PRECISION=_dot_precision(x),
+        PRECISION=dot_precision(x),
         EPS=EPS,
         BLOCK_M=block_m,
         BLOCK_R=block_r,

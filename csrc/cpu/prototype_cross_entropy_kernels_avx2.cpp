@@ -1,0 +1,10 @@
+// Fused SwAV head row kernels for AVX2 + FMA (8 floats a vector, Sleef exp); isa.h has the scheme.
+#include "prototype_cross_entropy_kernels.h"
+
+#define SEER_ISA_AVX2
+#include "isa.h"
+#include "prototype_cross_entropy_kernels_impl.h"
+
+namespace seer_kernels::cpu::prototype_cross_entropy {
+const Kernels& kernels_avx2() { return AVX2::table(); }
+}  // namespace seer_kernels::cpu::prototype_cross_entropy
