@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ class Launch:
     grid: tuple
     args: dict  # every argument by name: tensors (fake), numbers and constexprs
     num_warps: int
+    num_stages: int
 
 
 def _triton_op_launcher(func):
@@ -142,19 +144,24 @@ def _tensors(value) -> list[torch.Tensor]:
 
 
 class Recorder(TorchDispatchMode):
-    """Records every op a call dispatches on (fake) CUDA tensors."""
+    """Records every op a call dispatches on (fake) CUDA tensors, each record tagged with
+    the `section` of the call it happened in (set it between the parts of a step)."""
 
     supports_higher_order_operators = True
 
     def __init__(self, cpu_typed: bool = False) -> None:
         super().__init__()
         self.cpu_typed = cpu_typed
-        self.kernels: list[str] = []
+        self.section = "call"
+        self.kernels: list[tuple[str, str]] = []  # (section, kernel)
         self.launches: list[Launch] = []
-        self.allocations: list[tuple[str, tuple[int, ...], int]] = []
-        self.fills: list[str] = []
-        self.syncs: list[str] = []
+        self.allocations: list[tuple[str, str, tuple[int, ...], int]] = []  # (section, op, shape, bytes)
+        self.fills: list[tuple[str, str]] = []
+        self.syncs: list[tuple[str, str]] = []
         self.ops: list[str] = []  # the Triton ops called, whose launches are recorded
+
+    def kernel_names(self, section: str | None = None) -> list[str]:
+        return [name for sec, name in self.kernels if section is None or sec == section]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -186,9 +193,10 @@ class Recorder(TorchDispatchMode):
         # autotuner.
         configs = getattr(kernel, "configs", None)
         warps = configs[0].num_warps if configs else args.pop("num_warps", 4)
+        stages = configs[0].num_stages if configs else args.pop("num_stages", 3)
         grid = tuple(tuple(int(x) for x in g) for g in kwargs["grid"])
-        self.kernels.append(f"triton:{fn.__name__}")
-        self.launches.append(Launch(fn.__name__, grid, args, warps))
+        self.kernels.append((self.section, f"triton:{fn.__name__}"))
+        self.launches.append(Launch(fn.__name__, grid, args, warps, stages))
 
     def _aten(self, func, args, kwargs, out) -> None:
         namespace, base = func._schema.name.split("::")
@@ -199,27 +207,27 @@ class Recorder(TorchDispatchMode):
         on_cuda = self.cpu_typed or any(t.device.type == "cuda" for t in inputs + outputs)
         crossing = outputs and inputs and outputs[0].device.type == "cpu" and inputs[0].device.type == "cuda"
         if base in _SYNCS or crossing:
-            self.syncs.append(str(func))
+            self.syncs.append((self.section, str(func)))
             return
         # Views, metadata-only ops (detach_ changes autograd state) and ops that return no
         # tensor (promote_types) launch nothing.
         if not on_cuda or func.is_view or base in _METADATA or not (outputs or func._schema.is_mutable):
             return
         if base in _FILLS:
-            self.fills.append(str(func))
+            self.fills.append((self.section, str(func)))
         if base not in _FACTORIES_UNINITIALIZED:
-            self.kernels.append(str(func))
+            self.kernels.append((self.section, str(func)))
         if any(r.alias_info is not None for r in func._schema.returns):
             return  # in place or out=: writes a tensor that exists
         for t in outputs:
-            self.allocations.append((str(func), tuple(t.shape), t.numel() * t.element_size()))
+            self.allocations.append((self.section, str(func), tuple(t.shape), t.numel() * t.element_size()))
 
     def counts(self) -> dict:
         return {
             "kernels": len(self.kernels),
             "triton_launches": len(self.launches),
             "allocations": len(self.allocations),
-            "largest_allocation_bytes": max((a[2] for a in self.allocations), default=0),
+            "largest_allocation_bytes": max((a[3] for a in self.allocations), default=0),
             "fills": len(self.fills),
             "syncs": len(self.syncs),
         }
@@ -282,7 +290,7 @@ def sinkhorn_audit(path: str, shape: tuple[int, ...], iterations: int) -> dict:
     return {**rec.counts(), "launches": [f"{launch.kernel}{launch.grid[0]}" for launch in rec.launches]}
 
 
-def swav_head(v: int, b: int, d: int, k: int, iterations: int, a: int = 2):
+def composed_head(v: int, b: int, d: int, k: int, iterations: int, a: int = 2):
     """A SwAV head step on the fused ops (backend triton): scores of every crop, codes of
     the first `a` crops in one Sinkhorn call, the loss; returns fn(embeddings, prototypes)."""
     import seer_kernels as sk
@@ -295,6 +303,104 @@ def swav_head(v: int, b: int, d: int, k: int, iterations: int, a: int = 2):
     return step
 
 
+# ------------------------------------------------------- the fused SwAV head (issue grid)
+
+HEAD_A, HEAD_TEMPERATURE, HEAD_EPSILON = 2, 0.1, 0.05
+# (V, B, D, K, T) per GPU: SwAV's batch of 64 and 256 at K = 3000, SEER's K = 16000 at
+# T = 10, and K = 65536 (the scores of all crops would be 640 MiB there).
+HEAD_SHAPES = [
+    (8, 64, 128, 3000, 3),
+    (8, 256, 128, 3000, 3),
+    (6, 32, 256, 16000, 10),
+    (10, 256, 256, 65536, 3),
+]
+HEAD_SECTIONS = ("scores", "sinkhorn", "loss", "backward")
+
+
+def head_step(rec: Recorder, z: torch.Tensor, w: torch.Tensor, iterations: int) -> None:
+    """One fused SwAV head step, backend triton, as seer_kernels.swav.swav_prototype_loss
+    and autograd run it: the A assignment crops' scores under no_grad, one Sinkhorn call
+    for their codes, prototype_cross_entropy's forward (the loss and both gradients), and
+    its backward (autograd's grad_loss, a ones fill, and one scaling launch). The two
+    schema ops are called as autograd calls them: the engine needs a real device for CUDA
+    tensors, fake or not."""
+    import seer_kernels as sk
+
+    v, b, d = z.shape
+    ops = torch.ops.seer_kernels
+    rec.section = "scores"
+    with torch.no_grad():
+        scores = sk.prototype_scores(z[:HEAD_A].reshape(HEAD_A * b, d), w, backend="triton").view(
+            HEAD_A, b, -1
+        )
+        rec.section = "sinkhorn"
+        codes = sk.sinkhorn(scores, epsilon=HEAD_EPSILON, iterations=iterations, backend="triton")
+    rec.section = "loss"
+    loss, grad_z, grad_w = ops.prototype_cross_entropy_triton(z, w, codes, HEAD_TEMPERATURE, True)
+    rec.section = "backward"
+    grad_loss = torch.ones_like(loss)  # what loss.backward() makes
+    ops.prototype_cross_entropy_backward_triton(grad_loss, grad_z, grad_w)
+
+
+def head_audit(shape: tuple[int, int, int, int, int]) -> dict:
+    v, b, d, k, t = shape
+    with fake_cuda():
+        z = torch.empty(v, b, d, device="cuda")
+        w = torch.empty(k, d, device="cuda")
+        with Recorder() as rec:
+            head_step(rec, z, w, t)
+    kernels = {s: rec.kernel_names(s) for s in HEAD_SECTIONS}
+    largest = max(rec.allocations, key=lambda a: math.prod(a[2]), default=None)
+    return {
+        "shape": list(shape),
+        "kernels": {s: len(kernels[s]) for s in HEAD_SECTIONS},
+        "kernel_names": kernels,
+        "head_kernels": sum(len(kernels[s]) for s in HEAD_SECTIONS if s != "sinkhorn"),
+        "total_kernels": sum(len(x) for x in kernels.values()),
+        # (section, op, shape) of every allocation of V B K elements or more.
+        "large_allocations": [list(a[:3]) for a in rec.allocations if math.prod(a[2]) >= v * b * k],
+        "largest_allocation": None if largest is None else list(largest[:3]),
+        "allocations": len(rec.allocations),
+        "syncs": [name for _, name in rec.syncs],
+        "vbk": v * b * k,
+    }
+
+
+def _fused_head_loss(backend: str):
+    from seer_kernels.swav import swav_prototype_loss
+
+    def step(z, w):
+        return swav_prototype_loss(
+            z, w, HEAD_A, temperature=HEAD_TEMPERATURE, sinkhorn_iterations=3, sinkhorn_epsilon=HEAD_EPSILON,
+            backend=backend,
+        )  # fmt: skip
+
+    return step
+
+
+def fused_head_graphs() -> dict:
+    """torch.compile(fullgraph=True) of the fused head step (swav_prototype_loss):
+    cpu         real CPU tensors requiring grad, backend cpu; the backward runs too.
+    cuda        fake CUDA tensors, backend triton, the forward.
+    cuda_joint  forward and backward traced, backend triton (CPU-typed fakes)."""
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    v, b, d, k = 8, 64, 128, 3000
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    z = torch.randn(v, b, d, requires_grad=True)
+    w = torch.randn(k, d, requires_grad=True)
+    loss = torch.compile(_fused_head_loss("cpu"), backend=counter, fullgraph=True)(z, w)
+    loss.backward()
+    ran = bool(torch.isfinite(loss)) and z.grad is not None and w.grad is not None
+    return {
+        "cpu": {"graphs": counter.frame_count, "ops": counter.op_count, "backward_ran": ran},
+        "cuda": compile_graphs(_fused_head_loss("triton"), (v, b, d), (k, d)),
+        "cuda_joint": compile_graphs(_fused_head_loss("triton"), (v, b, d), (k, d), backward=True),
+    }
+
+
 def report() -> dict:
     out = {"sinkhorn": [], "compile": {}}
     for path in ("passes", "onchip"):
@@ -305,9 +411,18 @@ def report() -> dict:
         )
     out["compile"]["sinkhorn"] = compile_graphs(_sinkhorn_case("passes", 3), (256, 3000))
     v, b, d, k = 8, 64, 128, 3000
-    out["compile"]["swav_head"] = compile_graphs(swav_head(v, b, d, k, 3), (v * b, d), (k, d), backward=True)
-    head = audit(swav_head(v, b, d, k, 3), (v * b, d), (k, d), backward=True)
-    out["swav_head"] = {"shape": [v, b, d, k], "T": 3, **head.counts(), "kernel_names": head.kernels}
+    out["compile"]["composed_head"] = compile_graphs(
+        composed_head(v, b, d, k, 3), (v * b, d), (k, d), backward=True
+    )
+    head = audit(composed_head(v, b, d, k, 3), (v * b, d), (k, d), backward=True)
+    out["composed_head"] = {
+        "shape": [v, b, d, k],
+        "T": 3,
+        **head.counts(),
+        "kernel_names": head.kernel_names(),
+    }
+    out["fused_head"] = [head_audit(shape) for shape in HEAD_SHAPES]
+    out["compile"]["fused_head"] = fused_head_graphs()
     return out
 
 
@@ -322,19 +437,37 @@ def _table(data: dict) -> str:
             f"| {row['path']} | {shape} | {row['T']} | {row['kernels']} | {row['triton_launches']} | "
             f"{row['allocations']} | {row['largest_allocation_bytes'] / 2**20:.1f} | {row['fills']} | {row['syncs']} |"
         )
-    head = data["swav_head"]
+    head = data["composed_head"]
     lines += [
         "",
-        f"SwAV head step on the existing ops (backend triton), (V, B, D, K) = {tuple(head['shape'])}, T = "
+        f"SwAV head step composed of prototype_scores, sinkhorn and swav_cross_entropy (backend triton), "
+        f"(V, B, D, K) = {tuple(head['shape'])}, T = "
         f"{head['T']}, forward and backward: {head['kernels']} GPU kernels ({head['triton_launches']} Triton), "
         f"{head['allocations']} allocations (largest {head['largest_allocation_bytes'] / 2**20:.1f} MiB), "
         f"{head['fills']} fills, {head['syncs']} host syncs",
         "",
     ]
-    for name, graphs in data["compile"].items():
+    lines += [
+        "Fused SwAV head step (prototype_cross_entropy, backend triton), forward and backward:",
+        "",
+        "| (V, B, D, K, T) | scores | sinkhorn | loss | backward | head (no Sinkhorn) | total "
+        "| largest allocation (where) | V B K | host syncs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in data["fused_head"]:
+        k = row["kernels"]
+        largest = row["largest_allocation"]
         lines.append(
-            f"torch.compile(fullgraph=True) {name}: {graphs['graphs']} graph(s), {graphs['ops']} ops"
+            f"| {tuple(row['shape'])} | {k['scores']} | {k['sinkhorn']} | {k['loss']} | {k['backward']} | "
+            f"{row['head_kernels']} | {row['total_kernels']} | {tuple(largest[2])} ({largest[0]}) | {row['vbk']} | "
+            f"{len(row['syncs'])} |"
         )
+    lines.append("")
+    graphs = dict(data["compile"])
+    for kind, g in graphs.pop("fused_head").items():
+        graphs[f"fused_head {kind}"] = g
+    for name, g in graphs.items():
+        lines.append(f"torch.compile(fullgraph=True) {name}: {g['graphs']} graph(s), {g['ops']} ops")
     return "\n".join(lines)
 
 

@@ -49,17 +49,47 @@ def _building_blocks(normalize: bool):
     return run
 
 
-def cases() -> list[tuple[str, object, tuple]]:
-    """(name, fn, shapes) of every call whose launches are compiled."""
+def _fused_head(iterations: int, tf32: bool):
+    """A fused SwAV head step (benchmarks/audit.py) with TF32 products allowed or not, as
+    the trainer (allowed) and a default torch (not) run fp32 operands."""
+    import types
+
+    def run(z, w):
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            audit.head_step(types.SimpleNamespace(section=""), z, w, iterations)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
+
+    return run
+
+
+def cases() -> list[tuple[str, object, tuple, torch.dtype]]:
+    """(name, fn, shapes, dtype) of every call whose launches are compiled."""
     out = []
     for path in ("passes", "onchip"):
         for b, k, t in audit.SINKHORN_SHAPES + EXTRA_SINKHORN_SHAPES:
-            out.append((f"sinkhorn {path} {b}x{k} T={t}", audit._sinkhorn_case(path, t), ((b, k),)))
-        out.append((f"sinkhorn {path} 2x256x3000 T=3", audit._sinkhorn_case(path, 3), ((2, 256, 3000),)))
+            out.append(
+                (f"sinkhorn {path} {b}x{k} T={t}", audit._sinkhorn_case(path, t), ((b, k),), torch.float32)
+            )
+        out.append(
+            (
+                f"sinkhorn {path} 2x256x3000 T=3",
+                audit._sinkhorn_case(path, 3),
+                ((2, 256, 3000),),
+                torch.float32,
+            )
+        )
     for b, k in ((256, 3000), (512, 6000), (16384, 16384)):
         for normalize in (False, True):
             name = f"sinkhorn building blocks {b}x{k} normalize={normalize}"
-            out.append((name, _building_blocks(normalize), ((b, k),)))
+            out.append((name, _building_blocks(normalize), ((b, k),), torch.float32))
+    for v, b, d, k, t in audit.HEAD_SHAPES:
+        for dtype, tf32, label in ((torch.float32, True, "fp32 tf32"), (torch.float32, False, "fp32"),
+                                   (torch.bfloat16, False, "bf16")):  # fmt: skip
+            name = f"fused head {v}x{b}x{d}x{k} T={t} {label}"
+            out.append((name, _fused_head(t, tf32), ((v, b, d), (k, d)), dtype))
     return out
 
 
@@ -74,7 +104,7 @@ def _config_key(launch: audit.Launch) -> tuple:
             parts.append((name, value))
         elif isinstance(value, int):
             parts.append((name, "1" if value == 1 else "16k" if value % 16 == 0 else "int"))
-    return (launch.kernel, launch.num_warps, tuple(parts))
+    return (launch.kernel, launch.num_warps, launch.num_stages, tuple(parts))
 
 
 def _ptxas(ptx: str) -> dict:
@@ -133,7 +163,7 @@ def compile_launch(launch: audit.Launch) -> dict:
         for name, value in launch.args.items()
     }
     with fake_driver():
-        compiled = fn.warmup(**args, grid=(1,), num_warps=launch.num_warps)
+        compiled = fn.warmup(**args, grid=(1,), num_warps=launch.num_warps, num_stages=launch.num_stages)
     res = _ptxas(compiled.asm["ptx"])
     shared = int(compiled.metadata.shared) + res["static_smem"]
     per_sm = _common.programs_per_sm(res["registers"], shared, launch.num_warps)
@@ -142,8 +172,8 @@ def compile_launch(launch: audit.Launch) -> dict:
 
 def table() -> list[dict]:
     rows, seen = [], {}
-    for name, fn, shapes in cases():
-        rec = audit.audit(fn, *shapes)
+    for name, fn, shapes, dtype in cases():
+        rec = audit.audit(fn, *shapes, dtype=dtype)
         for launch in rec.launches:
             key = _config_key(launch)
             if key not in seen:
@@ -154,6 +184,7 @@ def table() -> list[dict]:
                     "kernel": launch.kernel,
                     "grid": launch.grid[0][0],
                     "num_warps": launch.num_warps,
+                    "num_stages": launch.num_stages,
                     "constexprs": constexprs(launch),
                     **seen[key],
                 }  # fmt: skip
@@ -170,13 +201,13 @@ def markdown(rows: list[dict]) -> str:
         "follow from registers (64K per SM, allocated per warp in units of 256), warps (64 per SM) and",
         "shared memory (228 KiB per SM); times 132 SMs it bounds the one-launch path's cooperative grid.",
         "",
-        "| case | kernel | constexprs | warps | grid | registers | spills (st/ld B) | shared B | programs/SM |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| case | kernel | constexprs | warps | stages | grid | registers | spills (st/ld B) | shared B | programs/SM |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         consts = ", ".join(f"{k}={v}" for k, v in r["constexprs"].items())
         lines.append(
-            f"| {r['case']} | {r['kernel']} | {consts} | {r['num_warps']} | {r['grid']} | {r['registers']} | "
+            f"| {r['case']} | {r['kernel']} | {consts} | {r['num_warps']} | {r['num_stages']} | {r['grid']} | {r['registers']} | "
             f"{r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes']} | {r['programs_per_sm']} |"
         )
     return "\n".join(lines) + "\n"

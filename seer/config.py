@@ -437,8 +437,9 @@ def save_config(cfg: Config, path: str | Path) -> None:
 # checkpointing, precision, devices and distribution.
 RUN_SECTIONS = ("model", "swav", "data", "augment")
 RUN_TOP_KEYS = ("seed",)
-# Keys inside those sections that change how the same thing is computed, not what.
-NOT_RUN_KEYS = ("swav.backend", "data.num_workers", "data.max_consecutive_failures")
+# Keys inside those sections that change how the same thing is computed, not what (the
+# fused and composed heads compute the same loss and gradients).
+NOT_RUN_KEYS = ("swav.backend", "swav.head", "data.num_workers", "data.max_consecutive_failures")
 
 
 def run_keys(cfg: Config | None = None) -> list[str]:

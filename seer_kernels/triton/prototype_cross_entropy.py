@@ -263,18 +263,21 @@ def _scale_kernel(grad_loss_ptr, ge_ptr, gp_ptr, out_e_ptr, out_p_ptr, NE, NP, E
 # --------------------------------------------------------------------------- launchers
 
 
-def config(d: int, dtype: torch.dtype, device: torch.device) -> dict:
+def config(d: int, dtype: torch.dtype, device: torch.device, precision: str) -> dict:
     """Launch configuration of both kernels for D features. A program holds an operand
     block of (BLOCK_R or BLOCK_K, pow2(D)) raw values, its accumulator of the same size, a
     prototype (or embedding) tile of that size and (BLOCK_R, BLOCK_K) score, code and
     gradient tiles: 4096-element blocks (32 x 128, 16 x 256) at 8 warps and one pipeline
-    stage keep all of it in registers. Compiled for sm_90 (tests/test_triton_compile.py):
-    no spill at D = 128 and 256, fp32 and bf16; the rows kernel uses all 255 registers,
-    the cols kernel 180-202; 8192-element blocks or 4 warps spill. No GPU has timed them.
-    Under the interpreter (CPU tensors) 16-row blocks, so small test shapes still run
-    several programs with ragged last blocks."""
+    stage keep all of it in registers, 2048-element ones for fp32 products in full
+    precision (PRECISION "ieee": torch's default, TF32 off), whose dots hold more.
+    Compiled for sm_90 (benchmarks/results/triton-resources-sm90.md): no spill at D = 128
+    and 256, fp32 (TF32 or not) and bf16; the rows kernel uses up to all 255 registers;
+    8192-element blocks, 4 warps, or 4096-element blocks of full-precision fp32 at D = 128
+    (1 KiB of spills) spill. No GPU has timed them. Under the interpreter (CPU tensors)
+    16-row blocks, so small test shapes still run several programs with ragged last blocks."""
     block_d = pow2(d, 16, 1 << 30)
-    block = 16 if device.type != "cuda" else pow2(4096 // block_d, 16, 64)
+    elements = 2048 if dtype == torch.float32 and precision == "ieee" else 4096
+    block = 16 if device.type != "cuda" else pow2(elements // block_d, 16, 64)
     if dtype == torch.float64 and device.type == "cuda":
         block = 16
     return {"BLOCK_R": block, "BLOCK_K": block, "BLOCK_D": block_d, "num_warps": 8, "num_stages": 1}
@@ -293,13 +296,14 @@ def _common(embeddings, prototypes, codes, temperature, normalize):
         *embeddings.stride(), *prototypes.stride(), *codes.stride(),
         inv_t_hi, inv_t - inv_t_hi, 1.0 / (temperature * norm),
     )  # fmt: skip
+    precision = dot_precision(embeddings)
     meta = {
         "A": a,
         "NORMALIZE": normalize,
-        "PRECISION": dot_precision(embeddings),
+        "PRECISION": precision,
         "EPS": EPS,
         "F64": accumulation_dtype(embeddings.dtype) == torch.float64,
-        **config(d, embeddings.dtype, embeddings.device),
+        **config(d, embeddings.dtype, embeddings.device, precision),
     }
     return args, meta, norm
 
