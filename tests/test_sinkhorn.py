@@ -341,6 +341,25 @@ def test_adversarial_inputs(backend, device, case):
         _check(codes, s, eps, iters, f"{backend} {case} T={iters}")
 
 
+@needs_cpu
+@pytest.mark.parametrize("iters", [1, 2, 3, 10])
+@pytest.mark.parametrize("eps", [0.01, 0.003])
+@pytest.mark.parametrize(("b", "k"), [(20, 5), (300, 37)])
+def test_cpu_rows_far_below_their_columns(b, k, eps, iters):
+    """Rows whose scores are all far below their columns' maxima: at these eps the
+    exp-domain E = exp(L - column max) of such a row underflows to 0 (the first row, a row
+    in a middle chunk) or nearly (the last row, a ramp), so the kernel takes their
+    softmax from the scores in the log domain; the codes still match float64."""
+    s = torch.rand(b, k, generator=torch.Generator().manual_seed(b + k)) * 0.5 + 0.5
+    s[0] = -1.0
+    s[b // 2, : k // 2 + 1] = -1.0
+    s[b // 2, k // 2 + 1 :] = -0.9
+    s[-1] = torch.linspace(-1, 1, k)
+    codes = sk.sinkhorn(s, epsilon=eps, iterations=iters, backend="cpu")
+    _rows_sum_to_one(codes, f"{b}x{k} eps={eps} T={iters}")
+    _check(codes, s, eps, iters, f"{b}x{k} eps={eps} T={iters}")
+
+
 def test_baseline_breaks_where_the_fused_op_does_not():
     """The premise of the adversarial cases: plain SwAV returns NaN on them."""
     s, eps = _adversarial()["cosine 1.0 at eps 0.01"]

@@ -1,34 +1,54 @@
 // CPU kernels of seer_kernels::sinkhorn, sinkhorn_colstats and sinkhorn_codes.
 //
-// Algorithm (the same in every backend; see seer_kernels/ops/sinkhorn.py), log domain, fp32
+// Algorithm (the same in every backend; see seer_kernels/ops/sinkhorn.py), fp32
 // accumulation whatever the input dtype, L = scores / eps, per-prototype log_u (K,):
 //   pass 0      log_u = -logsumexp_b L[:, k] - log K
 //   pass t      log_u += log(B/K) - logsumexp_b log_softmax_k(L + log_u)[:, k]   (t < T)
 //   last pass   codes = softmax_k(L + log_u)
 //   T = 0       codes = B * exp(L - logsumexp(L))
 //
-// Bytes moved, (B, K) scores of s bytes each (4 fp32, 2 bf16/fp16), T iterations:
-//   pass 0 and each pass t       B*K*s read (the column statistics: 2*K floats per chunk)
-//   last pass                    B*K*s read + B*K*4 written
-//   total                        (T + 1)*B*K*s + 4*B*K; the floor when B*K does not fit
-//                                in cache is one read per half-iteration, which this is.
-// (4096, 3000, 3) fp32: 4 * 49.2 MB + 49.2 MB = 246 MB. One exp per element per pass.
+// The fused op with T >= 1 runs in the exp domain. The rows are cut into chunks (below);
+// pass 0 stores E = exp(L - m) in the codes buffer, m the chunk's per-column max of L, so
+// every entry of E is in [0, 1] and each chunk column holds a 1. With the per-chunk
+// weights g_k = exp(m_k + log_u_k - G) (G: the chunk's largest m_k + log_u_k, a constant
+// per row that cancels in its softmax), row b's softmax is P[b, k] = E[b, k] g_k / r_b,
+// r_b = sum_k E[b, k] g_k. So pass t is a row sum and a column sum of E scaled by g and
+// 1 / r_b, and the last pass writes P over E in place: one exp per element in all
+// (pass 0) instead of one per element per pass, and K per chunk per pass for g. The
+// entries of E or E * g that flush to 0 or fall into the denormals are off by at most
+// ~2^-148 each; a row keeps the exp domain only while r_b >= K * 2^-100, so together they
+// move r_b by at most 2^-48 of itself and its codes by at most 2^-48 / K (and, summed over
+// B rows, the column sums, each >= 1/K (below), by B * 2^-48 of themselves). A row below
+// that (every entry of its E far under its column's max, e.g. at eps 0.01) takes its
+// softmax from its scores in the log domain, exactly; a crop whose pass-0 column
+// logsumexps are not all finite (NaN or inf input) runs its remaining passes in the log
+// domain, so non-finite input gives the reference's NaNs (below).
 //
-// Parallel layout: the rows are cut into chunks that depend on B only (not on the
-// thread count, so results are bit-identical for any number of threads); the threads
-// claim chunks one at a time (parallel_claim), each chunk accumulates private per-column
-// (shift, sum) statistics in registers over 8-row blocks, and the chunks are merged
-// (max of shifts, rescaled sums; threaded over columns only when that is big). One
-// parallel region per pass: T + 1 per call at SEER sizes.
+// Bytes moved, (B, K) scores of s bytes each (4 fp32, 2 bf16/fp16), T >= 1 iterations:
+//   pass 0          B*K*s read twice per chunk (the second from cache: a chunk is at
+//                   most 256 rows, 3 MB at K = 3000) + B*K*4 written (E, streamed)
+//   each pass t     B*K*4 read (E; the column sums: K floats per chunk)
+//   last pass       B*K*4 read + B*K*4 written (the codes, over E)
+//   total           B*K*(s + 4 + 4*(T - 1) + 8) = B*K*(s + 4T + 8), against the
+//                   log-domain floor (T + 1)*B*K*s + 4*B*K, which recomputes every exp
+//                   each pass. (4096, 3000, 3) fp32: 295 MB here, 246 MB at that floor.
+// The log-domain passes (T = 0, the building-block ops, non-finite crops) move
+// (T + 1)*B*K*s + 4*B*K with one exp per element per pass.
 //
-// Column logsumexps. Pass 0 keeps a per-column running max (the shift), so nothing over-
-// or underflows for any finite input at any eps. Passes t >= 1 sum softmax entries
-// directly, with shift 0: an entry is in [0, 1], so no sum overflows, and none of the
-// sums that matter underflows. After pass 0 (or an update), A = exp(L + log_u) has
-// column sums 1/K (or B/K) and hence row sums r_b <= 1 (or B); the row-softmax is
-// A[b, k] / r_b >= A[b, k] (or A[b, k] / B), so every column of it sums to >= 1/K and
-// its largest entry is >= 1/(K*B), ~1e-11 for SEER sizes, while only entries below 1e-38
-// flush to zero. That saves the second exp per element that a running max costs.
+// Parallel layout: the rows of each crop are cut into chunks that depend on B only (not
+// on the thread count, so results are bit-identical for any number of threads); the
+// threads claim chunks one at a time (parallel_claim), each chunk accumulates private
+// per-column statistics, and the chunks are merged in a fixed order (max of shifts,
+// rescaled sums; threaded over columns only when that is big). One parallel region per
+// pass: T + 1 per call at SEER sizes.
+//
+// Column logsumexps. Pass 0 shifts by the per-column max, so nothing over- or underflows
+// for any finite input at any eps. Passes t >= 1 sum softmax entries directly, with
+// shift 0: an entry is in [0, 1], so no sum overflows, and none of the sums that matter
+// underflows. After pass 0 (or an update), A = exp(L + log_u) has column sums 1/K (or
+// B/K) and hence row sums r_b <= 1 (or B); the row-softmax is A[b, k] / r_b >= A[b, k]
+// (or A[b, k] / B), so every column of it sums to >= 1/K and its largest entry is
+// >= 1/(K*B), ~1e-11 for SEER sizes, while only entries below 1e-38 flush to zero.
 //
 // Non-finite input follows the reference: a NaN poisons its column statistic, hence
 // log_u, hence every row (all codes NaN); +inf gives NaN where inf - inf appears.
@@ -212,19 +232,39 @@ void parallel_claim(int64_t count, const Task& task) {
   });
 }
 
+// Per-chunk (2, Kp) column statistics, chunk-major, for `chunks` chunks (at least one
+// slot, zeros when there are no rows).
+at::Tensor chunk_stats(int64_t chunks, int64_t padded) {
+  at::Tensor partial =
+      at::empty({std::max<int64_t>(chunks, 1), 2, padded}, at::TensorOptions().dtype(at::kFloat));
+  if (chunks == 0) partial.zero_();
+  return partial;
+}
+
+// The chunks' statistics merged: (2, Kp) fp32 [shift; sum of exp(x - shift)].
+at::Tensor merge_chunks(const at::Tensor& partial, int64_t padded, const Kernels& k) {
+  const int64_t chunks = partial.size(0);
+  const float* part = partial.data_ptr<float>();
+  at::Tensor merged = at::empty({2, padded}, at::TensorOptions().dtype(at::kFloat));
+  float* out = merged.data_ptr<float>();
+  // The merge reads chunks * 2 * Kp floats (~1% of a pass): threads only when it is big,
+  // since every parallel region is a barrier, and barriers are what a busy machine makes slow.
+  const int64_t vectors = padded / k.width;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / (k.width * chunks));
+  at::parallel_for(0, vectors, grain, [&](int64_t v0, int64_t v1) {
+    k.merge_stats(part, chunks, padded, v0 * k.width, v1 * k.width, out);
+  });
+  return merged;
+}
+
 // Column statistics over all rows, merged: (2, Kp) fp32 [shift; sum of exp(x - shift)].
 at::Tensor colstats_padded(const Operand& op, bool normalize_rows, const Kernels& k) {
   const Problem& p = op.problem;
   const int64_t rows = op.rows();
   const int64_t per = rows_per_chunk(rows);
   const int64_t chunks = ceil_div(rows, per);
-  auto opts = at::TensorOptions().dtype(at::kFloat);
-  at::Tensor partial = at::empty({std::max<int64_t>(chunks, 1), 2, p.padded}, opts);
+  at::Tensor partial = chunk_stats(chunks, p.padded);
   float* part = partial.data_ptr<float>();
-  if (chunks == 0) {
-    partial.select(1, 0).fill_(0.f);
-    partial.select(1, 1).fill_(0.f);
-  }
   const int64_t scratch_size = kBlockRows * p.padded;
   at::Tensor scratch = thread_scratch(scratch_size);
   float* buffers = scratch.data_ptr<float>();
@@ -233,22 +273,14 @@ at::Tensor colstats_padded(const Operand& op, bool normalize_rows, const Kernels
     k.colstats_rows(p, row0, std::min(per, rows - row0), normalize_rows,
                     buffers + thread * scratch_size, part + 2 * c * p.padded);
   });
-  at::Tensor merged = at::empty({2, p.padded}, opts);
-  float* out = merged.data_ptr<float>();
-  // The merge reads chunks * 2 * Kp floats (~1% of a pass): threads only when it is big,
-  // since every parallel region is a barrier, and barriers are what a busy machine makes slow.
-  const int64_t vectors = p.padded / k.width;
-  const int64_t grain =
-      std::max<int64_t>(1, (int64_t(1) << 20) / (k.width * std::max<int64_t>(chunks, 1)));
-  at::parallel_for(0, vectors, grain, [&](int64_t v0, int64_t v1) {
-    k.merge_stats(part, std::max<int64_t>(chunks, 1), p.padded, v0 * k.width, v1 * k.width, out);
-  });
-  return merged;
+  return merge_chunks(partial, p.padded, k);
 }
 
-at::Tensor codes(const Operand& op, bool normalize_rows, const Kernels& k, float scale = 1.f) {
+// The codes pass into `out` ((B, K) fp32), or into a fresh tensor when out is undefined.
+at::Tensor codes(const Operand& op, bool normalize_rows, const Kernels& k, float scale = 1.f,
+                 at::Tensor out = {}) {
   const Problem& p = op.problem;
-  at::Tensor out = empty_codes(op.rows(), op.cols());
+  if (!out.defined()) out = empty_codes(op.rows(), op.cols());
   float* dst = out.data_ptr<float>();
   // Tasks of ~1 MiB of scores (at least 8 rows): ~50 of them at (4096, 3000), so a
   // descheduled thread holds up at most a fiftieth of the pass.
@@ -295,49 +327,103 @@ at::Tensor sinkhorn_codes_cpu(const at::Tensor& scores, const at::Tensor& log_u,
   return codes(op, normalize_rows, k);
 }
 
+// iterations >= 1 in the exp domain (see the top of this file); the log-domain passes take
+// over after pass 0 when a column's logsumexp is not finite (NaN or inf input).
+at::Tensor sinkhorn_exp_domain(Operand& op, int64_t iterations, const Kernels& k) {
+  const Problem& p = op.problem;
+  const int64_t rows = op.rows();
+  const int64_t cols = op.cols();
+  const int64_t padded = p.padded;
+  const float log_b = std::log(float(rows));
+  const float log_k = float(std::log(double(cols)));
+  at::Tensor out = empty_codes(rows, cols);
+  float* e = out.data_ptr<float>();
+  const int64_t per = rows_per_chunk(rows);
+  const int64_t chunks = ceil_div(rows, per);
+  at::Tensor partial = chunk_stats(chunks, padded);
+  float* part = partial.data_ptr<float>();
+  at::Tensor scratch = thread_scratch(3 * padded);
+  float* buffers = scratch.data_ptr<float>();
+  parallel_claim(chunks, [&](int64_t c, int thread) {
+    const int64_t row0 = c * per;
+    k.exp_first_rows(p, row0, std::min(per, rows - row0), buffers + thread * 3 * padded, e,
+                     part + 2 * c * padded);
+  });
+  bool finite = true;
+  {
+    const at::Tensor stats = merge_chunks(partial, padded, k);
+    const float* st = stats.data_ptr<float>();
+    for (int64_t c = 0; c < cols; ++c) {
+      const float lse = column_lse(st, padded, c);
+      finite = finite && std::isfinite(lse);
+      op.log_u[c] = sinkhorn_log_u(SinkhornMerge::kFirst, lse, op.log_u[c], log_b, log_k);
+    }
+  }
+  if (!finite) {
+    partial = at::Tensor();  // the log-domain passes allocate their own statistics
+    scratch = at::Tensor();
+    for (int64_t t = 1; t < iterations; ++t) {
+      const at::Tensor stats = colstats_padded(op, /*normalize_rows=*/true, k);
+      const float* st = stats.data_ptr<float>();
+      for (int64_t c = 0; c < cols; ++c) {
+        op.log_u[c] = sinkhorn_log_u(SinkhornMerge::kUpdate, column_lse(st, padded, c), op.log_u[c],
+                                     log_b, log_k);
+      }
+    }
+    return codes(op, /*normalize_rows=*/true, k, 1.f, out);
+  }
+  // Rows whose r_b falls below K * 2^-100 take the log-domain path: elsewhere each of the
+  // K products E * g that flushes or lands in the denormals is off by at most ~2^-148,
+  // together at most 2^-48 of r_b (see the top of this file).
+  const float min_row_sum = std::ldexp(float(cols), -100);
+  std::vector<float> total(padded);
+  for (int64_t t = 0; t < iterations; ++t) {
+    const bool last = t == iterations - 1;
+    parallel_claim(chunks, [&](int64_t c, int thread) {
+      const int64_t row0 = c * per;
+      k.exp_pass_rows(p, part + 2 * c * padded, row0, std::min(per, rows - row0), last, min_row_sum,
+                      buffers + thread * 3 * padded, e, part + (2 * c + 1) * padded);
+    });
+    if (last) break;
+    std::fill(total.begin(), total.end(), 0.f);
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const float* sum = part + (2 * ch + 1) * padded;
+      for (int64_t c = 0; c < cols; ++c) total[c] += sum[c];
+    }
+    for (int64_t c = 0; c < cols; ++c) {
+      op.log_u[c] =
+          sinkhorn_log_u(SinkhornMerge::kUpdate, std::log(total[c]), op.log_u[c], log_b, log_k);
+    }
+  }
+  return out;
+}
+
 // The fused op: T + 1 passes over the scores, log_u updated in between, no Python.
 at::Tensor sinkhorn_cpu(const at::Tensor& scores, double epsilon, int64_t iterations) {
   check_scores(scores, epsilon);
   check_sinkhorn_iterations(iterations);
   const Kernels& k = kernels();
   Operand op(scores, epsilon, k);
+  if (iterations > 0) return sinkhorn_exp_domain(op, iterations, k);
+  // codes = B * exp(L - total), total = logsumexp of the column logsumexps (in fp64).
+  // Scaling by B after the exp (not adding log B inside it) keeps the exponent's
+  // rounding that of L - total alone, as in the reference.
   const int64_t cols = op.cols();
   const int64_t padded = op.problem.padded;
-  // fp32 constants, rounded as the reference rounds them.
-  const float log_b = std::log(float(op.rows()));
-  const float log_k = float(std::log(double(cols)));
-  at::Tensor stats = colstats_padded(op, /*normalize_rows=*/false, k);
+  const at::Tensor stats = colstats_padded(op, /*normalize_rows=*/false, k);
   const float* st = stats.data_ptr<float>();
-  if (iterations == 0) {
-    // codes = B * exp(L - total), total = logsumexp of the column logsumexps (in fp64).
-    // Scaling by B after the exp (not adding log B inside it) keeps the exponent's
-    // rounding that of L - total alone, as in the reference.
-    float total_max = -std::numeric_limits<float>::infinity();
-    for (int64_t c = 0; c < cols; ++c) {
-      const float v = column_lse(st, padded, c);
-      total_max = std::isnan(v) || std::isnan(total_max) ? std::numeric_limits<float>::quiet_NaN()
-                                                         : std::max(total_max, v);
-    }
-    const double safe = std::isfinite(total_max) ? total_max : 0.0;
-    double acc = 0.0;
-    for (int64_t c = 0; c < cols; ++c) acc += std::exp(double(column_lse(st, padded, c)) - safe);
-    const double total = safe + std::log(acc);
-    std::fill(op.log_u.begin(), op.log_u.begin() + cols, float(-total));
-    return codes(op, /*normalize_rows=*/false, k, float(op.rows()));
-  }
+  float total_max = -std::numeric_limits<float>::infinity();
   for (int64_t c = 0; c < cols; ++c) {
-    op.log_u[c] =
-        sinkhorn_log_u(SinkhornMerge::kFirst, column_lse(st, padded, c), op.log_u[c], log_b, log_k);
+    const float v = column_lse(st, padded, c);
+    total_max = std::isnan(v) || std::isnan(total_max) ? std::numeric_limits<float>::quiet_NaN()
+                                                       : std::max(total_max, v);
   }
-  for (int64_t t = 1; t < iterations; ++t) {
-    stats = colstats_padded(op, /*normalize_rows=*/true, k);
-    st = stats.data_ptr<float>();
-    for (int64_t c = 0; c < cols; ++c) {
-      op.log_u[c] = sinkhorn_log_u(SinkhornMerge::kUpdate, column_lse(st, padded, c), op.log_u[c],
-                                   log_b, log_k);
-    }
-  }
-  return codes(op, /*normalize_rows=*/true, k);
+  const double safe = std::isfinite(total_max) ? total_max : 0.0;
+  double acc = 0.0;
+  for (int64_t c = 0; c < cols; ++c) acc += std::exp(double(column_lse(st, padded, c)) - safe);
+  const double total = safe + std::log(acc);
+  std::fill(op.log_u.begin(), op.log_u.begin() + cols, float(-total));
+  return codes(op, /*normalize_rows=*/false, k, float(op.rows()));
 }
 
 }  // namespace
