@@ -178,7 +178,7 @@ InputType input_type(const at::Tensor& scores) {
 
 // The op-level contract (op_checks.h) on a CPU tensor.
 void check_scores(const at::Tensor& scores, double epsilon) {
-  check_sinkhorn_scores(scores, epsilon);
+  check_sinkhorn_scores(scores, epsilon, /*takes_crops=*/true);
   TORCH_CHECK(scores.device().is_cpu(), "sinkhorn: scores must be a CPU tensor, got ",
               scores.device());
 }
@@ -190,19 +190,52 @@ int64_t rows_per_chunk(int64_t rows) {
   return std::max<int64_t>(1, ceil_div(ceil_div(rows, target), kBlockRows)) * kBlockRows;
 }
 
-// The scores (contiguous) and a padded fp32 log_u that outlive the Problem.
-struct Operand {
+// The scores of A crops (contiguous; one crop for (B, K) scores), each crop's padded fp32
+// log_u (padding lanes 0) and one Problem per crop, all outliving the passes. A crop's
+// codes are rows [a * B, (a + 1) * B) of the (A * B, K) output.
+struct Crops {
   at::Tensor scores;
+  int64_t count;
+  int64_t rows;
+  int64_t cols;
+  int64_t padded;
   std::vector<float> log_u;
-  Problem problem;
+  std::vector<Problem> problems;
 
-  Operand(const at::Tensor& s, double epsilon, const Kernels& k)
-      : scores(s.contiguous()), log_u(ceil_div(s.size(1), k.width) * k.width, 0.f) {
-    problem = Problem{scores.data_ptr(),     input_type(scores), scores.size(0), scores.size(1),
-                      int64_t(log_u.size()), float(epsilon),     log_u.data()};
+  Crops(const at::Tensor& s, double epsilon, const Kernels& k)
+      : scores(s.contiguous()),
+        count(s.dim() == 3 ? s.size(0) : 1),
+        rows(s.size(-2)),
+        cols(s.size(-1)),
+        padded(ceil_div(cols, k.width) * k.width),
+        log_u(count * padded, 0.f) {
+    const auto* base = static_cast<const char*>(scores.data_ptr());
+    const int64_t stride = rows * cols * int64_t(scores.element_size());
+    for (int64_t a = 0; a < count; ++a) {
+      problems.push_back(Problem{base + a * stride, input_type(scores), rows, cols, padded,
+                                 float(epsilon), log_u.data() + a * padded});
+    }
   }
-  int64_t rows() const { return scores.size(0); }
-  int64_t cols() const { return scores.size(1); }
+  float* log_u_of(int64_t a) { return log_u.data() + a * padded; }
+  float* codes_of(float* out, int64_t a) const { return out + a * rows * cols; }
+};
+
+// The row chunks of every crop: tasks are (crop, chunk) pairs, crop-major, so the threads
+// share the crops' chunks (two crops of a few hundred rows keep two threads busy) and a
+// chunk's result never depends on the other crops or on the thread count.
+struct Chunks {
+  int64_t per;    // rows per chunk (rows_per_chunk)
+  int64_t count;  // chunks per crop
+  int64_t slots;  // statistics slots per crop: max(count, 1)
+  int64_t rows;   // B
+
+  explicit Chunks(int64_t b)
+      : per(rows_per_chunk(b)),
+        count(ceil_div(b, per)),
+        slots(std::max<int64_t>(count, 1)),
+        rows(b) {}
+  int64_t first_row(int64_t c) const { return c * per; }
+  int64_t rows_in(int64_t c) const { return std::min(per, rows - c * per); }
 };
 
 // Row buffers, one per thread, allocated before the parallel region: a heap buffer
@@ -232,68 +265,75 @@ void parallel_claim(int64_t count, const Task& task) {
   });
 }
 
-// Per-chunk (2, Kp) column statistics, chunk-major, for `chunks` chunks (at least one
-// slot, zeros when there are no rows).
-at::Tensor chunk_stats(int64_t chunks, int64_t padded) {
+// Per-chunk (2, Kp) column statistics of `crops` crops: (crops, slots, 2, Kp), zeros in
+// the one slot of a crop without rows.
+at::Tensor chunk_stats(int64_t crops, const Chunks& ch, int64_t padded) {
   at::Tensor partial =
-      at::empty({std::max<int64_t>(chunks, 1), 2, padded}, at::TensorOptions().dtype(at::kFloat));
-  if (chunks == 0) partial.zero_();
+      at::empty({crops, ch.slots, 2, padded}, at::TensorOptions().dtype(at::kFloat));
+  if (ch.count == 0) partial.zero_();
   return partial;
 }
 
-// The chunks' statistics merged: (2, Kp) fp32 [shift; sum of exp(x - shift)].
+// Each crop's chunk statistics merged, in chunk order: (crops, 2, Kp) fp32
+// [shift; sum of exp(x - shift)].
 at::Tensor merge_chunks(const at::Tensor& partial, int64_t padded, const Kernels& k) {
-  const int64_t chunks = partial.size(0);
+  const int64_t crops = partial.size(0);
+  const int64_t slots = partial.size(1);
   const float* part = partial.data_ptr<float>();
-  at::Tensor merged = at::empty({2, padded}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor merged = at::empty({crops, 2, padded}, at::TensorOptions().dtype(at::kFloat));
   float* out = merged.data_ptr<float>();
-  // The merge reads chunks * 2 * Kp floats (~1% of a pass): threads only when it is big,
-  // since every parallel region is a barrier, and barriers are what a busy machine makes slow.
+  // The merge reads slots * 2 * Kp floats per crop (~1% of a pass): threads only when it
+  // is big, since every parallel region is a barrier, and barriers are what a busy
+  // machine makes slow.
   const int64_t vectors = padded / k.width;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / (k.width * chunks));
-  at::parallel_for(0, vectors, grain, [&](int64_t v0, int64_t v1) {
-    k.merge_stats(part, chunks, padded, v0 * k.width, v1 * k.width, out);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / (k.width * slots));
+  at::parallel_for(0, crops * vectors, grain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1;) {
+      const int64_t a = i / vectors;
+      const int64_t v0 = i % vectors;
+      const int64_t v1 = std::min(vectors, v0 + (i1 - i));
+      k.merge_stats(part + a * slots * 2 * padded, slots, padded, v0 * k.width, v1 * k.width,
+                    out + a * 2 * padded);
+      i += v1 - v0;
+    }
   });
   return merged;
 }
 
-// Column statistics over all rows, merged: (2, Kp) fp32 [shift; sum of exp(x - shift)].
-at::Tensor colstats_padded(const Operand& op, bool normalize_rows, const Kernels& k) {
-  const Problem& p = op.problem;
-  const int64_t rows = op.rows();
-  const int64_t per = rows_per_chunk(rows);
-  const int64_t chunks = ceil_div(rows, per);
-  at::Tensor partial = chunk_stats(chunks, p.padded);
+// Column statistics of crops [first, first + n) over all their rows, merged:
+// (n, 2, Kp) fp32 [shift; sum of exp(x - shift)].
+at::Tensor colstats_padded(const Crops& cr, int64_t first, int64_t n, bool normalize_rows,
+                           const Kernels& k) {
+  const Chunks ch(cr.rows);
+  at::Tensor partial = chunk_stats(n, ch, cr.padded);
   float* part = partial.data_ptr<float>();
-  const int64_t scratch_size = kBlockRows * p.padded;
+  const int64_t scratch_size = kBlockRows * cr.padded;
   at::Tensor scratch = thread_scratch(scratch_size);
   float* buffers = scratch.data_ptr<float>();
-  parallel_claim(chunks, [&](int64_t c, int thread) {
-    const int64_t row0 = c * per;
-    k.colstats_rows(p, row0, std::min(per, rows - row0), normalize_rows,
-                    buffers + thread * scratch_size, part + 2 * c * p.padded);
+  parallel_claim(n * ch.count, [&](int64_t i, int thread) {
+    const int64_t a = i / ch.count;
+    const int64_t c = i % ch.count;
+    k.colstats_rows(cr.problems[first + a], ch.first_row(c), ch.rows_in(c), normalize_rows,
+                    buffers + thread * scratch_size, part + (a * ch.slots + c) * 2 * cr.padded);
   });
-  return merge_chunks(partial, p.padded, k);
+  return merge_chunks(partial, cr.padded, k);
 }
 
-// The codes pass into `out` ((B, K) fp32), or into a fresh tensor when out is undefined.
-at::Tensor codes(const Operand& op, bool normalize_rows, const Kernels& k, float scale = 1.f,
-                 at::Tensor out = {}) {
-  const Problem& p = op.problem;
-  if (!out.defined()) out = empty_codes(op.rows(), op.cols());
-  float* dst = out.data_ptr<float>();
+// The codes of crops [first, first + n) into out ((A * B, K) fp32), in the log domain.
+void codes(const Crops& cr, int64_t first, int64_t n, bool normalize_rows, const Kernels& k,
+           float scale, float* out) {
   // Tasks of ~1 MiB of scores (at least 8 rows): ~50 of them at (4096, 3000), so a
   // descheduled thread holds up at most a fiftieth of the pass.
-  const int64_t per = std::max<int64_t>(8, (int64_t(1) << 18) / std::max<int64_t>(p.padded, 1));
-  const int64_t rows = op.rows();
-  at::Tensor scratch = thread_scratch(p.padded);
+  const int64_t per = std::max<int64_t>(8, (int64_t(1) << 18) / std::max<int64_t>(cr.padded, 1));
+  const int64_t tasks = ceil_div(cr.rows, per);
+  at::Tensor scratch = thread_scratch(cr.padded);
   float* buffers = scratch.data_ptr<float>();
-  parallel_claim(ceil_div(rows, per), [&](int64_t task, int thread) {
-    const int64_t r0 = task * per;
-    k.codes_rows(p, r0, std::min(per, rows - r0), normalize_rows, scale,
-                 buffers + thread * p.padded, dst);
+  parallel_claim(n * tasks, [&](int64_t i, int thread) {
+    const int64_t a = first + i / tasks;
+    const int64_t r0 = (i % tasks) * per;
+    k.codes_rows(cr.problems[a], r0, std::min(per, cr.rows - r0), normalize_rows, scale,
+                 buffers + thread * cr.padded, cr.codes_of(out, a));
   });
-  return out;
 }
 
 // logsumexp over the column of its (shift, sum), as the reference: shift + log(sum).
@@ -301,76 +341,77 @@ float column_lse(const float* merged, int64_t padded, int64_t col) {
   return merged[col] + std::log(merged[padded + col]);
 }
 
-void set_log_u(Operand& op, const at::Tensor& log_u) {
-  check_sinkhorn_log_u(log_u, op.cols());
+// A fresh fp32 output of the scores' shape: (B, K), or (A, B, K) for crops.
+at::Tensor empty_output(const Crops& cr) {
+  return empty_codes(cr.count * cr.rows, cr.cols).view(cr.scores.sizes());
+}
+
+void set_log_u(Crops& cr, const at::Tensor& log_u) {
+  check_sinkhorn_log_u(log_u, cr.scores);
   TORCH_CHECK(log_u.device().is_cpu(), "sinkhorn: log_u must be a CPU tensor, got ",
               log_u.device());
   const at::Tensor lu = log_u.to(at::kFloat).contiguous();
-  std::copy(lu.data_ptr<float>(), lu.data_ptr<float>() + op.cols(), op.log_u.begin());
+  for (int64_t a = 0; a < cr.count; ++a) {
+    const float* src = lu.data_ptr<float>() + a * cr.cols;
+    std::copy(src, src + cr.cols, cr.log_u_of(a));
+  }
 }
 
 at::Tensor sinkhorn_colstats_cpu(const at::Tensor& scores, const at::Tensor& log_u, double epsilon,
                                  bool normalize_rows) {
   check_scores(scores, epsilon);
   const Kernels& k = kernels();
-  Operand op(scores, epsilon, k);
-  set_log_u(op, log_u);
-  return colstats_padded(op, normalize_rows, k).narrow(1, 0, op.cols()).contiguous();
+  Crops cr(scores, epsilon, k);
+  set_log_u(cr, log_u);
+  const at::Tensor stats =
+      colstats_padded(cr, 0, cr.count, normalize_rows, k).narrow(2, 0, cr.cols).contiguous();
+  return scores.dim() == 3 ? stats : stats.squeeze(0);
 }
 
 at::Tensor sinkhorn_codes_cpu(const at::Tensor& scores, const at::Tensor& log_u, double epsilon,
                               bool normalize_rows) {
   check_scores(scores, epsilon);
   const Kernels& k = kernels();
-  Operand op(scores, epsilon, k);
-  set_log_u(op, log_u);
-  return codes(op, normalize_rows, k);
+  Crops cr(scores, epsilon, k);
+  set_log_u(cr, log_u);
+  at::Tensor out = empty_output(cr);
+  codes(cr, 0, cr.count, normalize_rows, k, 1.f, out.data_ptr<float>());
+  return out;
 }
 
-// iterations >= 1 in the exp domain (see the top of this file); the log-domain passes take
-// over after pass 0 when a column's logsumexp is not finite (NaN or inf input).
-at::Tensor sinkhorn_exp_domain(Operand& op, int64_t iterations, const Kernels& k) {
-  const Problem& p = op.problem;
-  const int64_t rows = op.rows();
-  const int64_t cols = op.cols();
-  const int64_t padded = p.padded;
-  const float log_b = std::log(float(rows));
+// iterations >= 1 in the exp domain (see the top of this file), every crop's passes in
+// one parallel region each; a crop whose pass-0 column logsumexps are not all finite (NaN
+// or inf input) finishes in the log domain instead, on its own.
+void sinkhorn_exp_domain(Crops& cr, int64_t iterations, const Kernels& k, float* out) {
+  const int64_t cols = cr.cols;
+  const int64_t padded = cr.padded;
+  const float log_b = std::log(float(cr.rows));
   const float log_k = float(std::log(double(cols)));
-  at::Tensor out = empty_codes(rows, cols);
-  float* e = out.data_ptr<float>();
-  const int64_t per = rows_per_chunk(rows);
-  const int64_t chunks = ceil_div(rows, per);
-  at::Tensor partial = chunk_stats(chunks, padded);
+  const Chunks ch(cr.rows);
+  at::Tensor partial = chunk_stats(cr.count, ch, padded);
   float* part = partial.data_ptr<float>();
+  const auto slot = [&](int64_t a, int64_t c) { return part + (a * ch.slots + c) * 2 * padded; };
   at::Tensor scratch = thread_scratch(3 * padded);
   float* buffers = scratch.data_ptr<float>();
-  parallel_claim(chunks, [&](int64_t c, int thread) {
-    const int64_t row0 = c * per;
-    k.exp_first_rows(p, row0, std::min(per, rows - row0), buffers + thread * 3 * padded, e,
-                     part + 2 * c * padded);
+  const int64_t tasks = cr.count * ch.count;
+  parallel_claim(tasks, [&](int64_t i, int thread) {
+    const int64_t a = i / ch.count;
+    const int64_t c = i % ch.count;
+    k.exp_first_rows(cr.problems[a], ch.first_row(c), ch.rows_in(c), buffers + thread * 3 * padded,
+                     cr.codes_of(out, a), slot(a, c));
   });
-  bool finite = true;
+  std::vector<char> finite(cr.count, 1);
   {
     const at::Tensor stats = merge_chunks(partial, padded, k);
-    const float* st = stats.data_ptr<float>();
-    for (int64_t c = 0; c < cols; ++c) {
-      const float lse = column_lse(st, padded, c);
-      finite = finite && std::isfinite(lse);
-      op.log_u[c] = sinkhorn_log_u(SinkhornMerge::kFirst, lse, op.log_u[c], log_b, log_k);
-    }
-  }
-  if (!finite) {
-    partial = at::Tensor();  // the log-domain passes allocate their own statistics
-    scratch = at::Tensor();
-    for (int64_t t = 1; t < iterations; ++t) {
-      const at::Tensor stats = colstats_padded(op, /*normalize_rows=*/true, k);
-      const float* st = stats.data_ptr<float>();
+    for (int64_t a = 0; a < cr.count; ++a) {
+      const float* st = stats.data_ptr<float>() + a * 2 * padded;
+      float* log_u = cr.log_u_of(a);
       for (int64_t c = 0; c < cols; ++c) {
-        op.log_u[c] = sinkhorn_log_u(SinkhornMerge::kUpdate, column_lse(st, padded, c), op.log_u[c],
-                                     log_b, log_k);
+        const float lse = column_lse(st, padded, c);
+        finite[a] = finite[a] && std::isfinite(lse);
+        log_u[c] = sinkhorn_log_u(SinkhornMerge::kFirst, lse, log_u[c], log_b, log_k);
       }
     }
-    return codes(op, /*normalize_rows=*/true, k, 1.f, out);
   }
   // Rows whose r_b falls below K * 2^-100 take the log-domain path: elsewhere each of the
   // K products E * g that flushes or lands in the denormals is off by at most ~2^-148,
@@ -379,51 +420,83 @@ at::Tensor sinkhorn_exp_domain(Operand& op, int64_t iterations, const Kernels& k
   std::vector<float> total(padded);
   for (int64_t t = 0; t < iterations; ++t) {
     const bool last = t == iterations - 1;
-    parallel_claim(chunks, [&](int64_t c, int thread) {
-      const int64_t row0 = c * per;
-      k.exp_pass_rows(p, part + 2 * c * padded, row0, std::min(per, rows - row0), last, min_row_sum,
-                      buffers + thread * 3 * padded, e, part + (2 * c + 1) * padded);
+    parallel_claim(tasks, [&](int64_t i, int thread) {
+      const int64_t a = i / ch.count;
+      const int64_t c = i % ch.count;
+      if (!finite[a]) return;
+      k.exp_pass_rows(cr.problems[a], slot(a, c), ch.first_row(c), ch.rows_in(c), last, min_row_sum,
+                      buffers + thread * 3 * padded, cr.codes_of(out, a), slot(a, c) + padded);
     });
     if (last) break;
-    std::fill(total.begin(), total.end(), 0.f);
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      const float* sum = part + (2 * ch + 1) * padded;
-      for (int64_t c = 0; c < cols; ++c) total[c] += sum[c];
-    }
-    for (int64_t c = 0; c < cols; ++c) {
-      op.log_u[c] =
-          sinkhorn_log_u(SinkhornMerge::kUpdate, std::log(total[c]), op.log_u[c], log_b, log_k);
+    for (int64_t a = 0; a < cr.count; ++a) {
+      if (!finite[a]) continue;
+      std::fill(total.begin(), total.end(), 0.f);
+      for (int64_t c = 0; c < ch.count; ++c) {
+        const float* sum = slot(a, c) + padded;
+        for (int64_t j = 0; j < cols; ++j) total[j] += sum[j];
+      }
+      float* log_u = cr.log_u_of(a);
+      for (int64_t j = 0; j < cols; ++j) {
+        log_u[j] =
+            sinkhorn_log_u(SinkhornMerge::kUpdate, std::log(total[j]), log_u[j], log_b, log_k);
+      }
     }
   }
-  return out;
+  if (std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; })) return;
+  partial = at::Tensor();  // the log-domain passes allocate their own statistics
+  scratch = at::Tensor();
+  for (int64_t a = 0; a < cr.count; ++a) {
+    if (finite[a]) continue;
+    float* log_u = cr.log_u_of(a);
+    for (int64_t t = 1; t < iterations; ++t) {
+      const at::Tensor stats = colstats_padded(cr, a, 1, /*normalize_rows=*/true, k);
+      const float* st = stats.data_ptr<float>();
+      for (int64_t c = 0; c < cols; ++c) {
+        log_u[c] = sinkhorn_log_u(SinkhornMerge::kUpdate, column_lse(st, padded, c), log_u[c],
+                                  log_b, log_k);
+      }
+    }
+    codes(cr, a, 1, /*normalize_rows=*/true, k, 1.f, out);
+  }
 }
 
-// The fused op: T + 1 passes over the scores, log_u updated in between, no Python.
+// iterations = 0: codes = B * exp(L - total) per crop, total = the logsumexp of the column
+// logsumexps (in fp64). Scaling by B after the exp (not adding log B inside it) keeps the
+// exponent's rounding that of L - total alone, as in the reference.
+void sinkhorn_total_normalization(Crops& cr, const Kernels& k, float* out) {
+  const at::Tensor stats = colstats_padded(cr, 0, cr.count, /*normalize_rows=*/false, k);
+  for (int64_t a = 0; a < cr.count; ++a) {
+    const float* st = stats.data_ptr<float>() + a * 2 * cr.padded;
+    float total_max = -std::numeric_limits<float>::infinity();
+    for (int64_t c = 0; c < cr.cols; ++c) {
+      const float v = column_lse(st, cr.padded, c);
+      total_max = std::isnan(v) || std::isnan(total_max) ? std::numeric_limits<float>::quiet_NaN()
+                                                         : std::max(total_max, v);
+    }
+    const double safe = std::isfinite(total_max) ? total_max : 0.0;
+    double acc = 0.0;
+    for (int64_t c = 0; c < cr.cols; ++c) {
+      acc += std::exp(double(column_lse(st, cr.padded, c)) - safe);
+    }
+    std::fill(cr.log_u_of(a), cr.log_u_of(a) + cr.cols, float(-(safe + std::log(acc))));
+  }
+  codes(cr, 0, cr.count, /*normalize_rows=*/false, k, float(cr.rows), out);
+}
+
+// The fused op: T + 1 passes over the scores of every crop, log_u updated in between, no
+// Python.
 at::Tensor sinkhorn_cpu(const at::Tensor& scores, double epsilon, int64_t iterations) {
   check_scores(scores, epsilon);
   check_sinkhorn_iterations(iterations);
   const Kernels& k = kernels();
-  Operand op(scores, epsilon, k);
-  if (iterations > 0) return sinkhorn_exp_domain(op, iterations, k);
-  // codes = B * exp(L - total), total = logsumexp of the column logsumexps (in fp64).
-  // Scaling by B after the exp (not adding log B inside it) keeps the exponent's
-  // rounding that of L - total alone, as in the reference.
-  const int64_t cols = op.cols();
-  const int64_t padded = op.problem.padded;
-  const at::Tensor stats = colstats_padded(op, /*normalize_rows=*/false, k);
-  const float* st = stats.data_ptr<float>();
-  float total_max = -std::numeric_limits<float>::infinity();
-  for (int64_t c = 0; c < cols; ++c) {
-    const float v = column_lse(st, padded, c);
-    total_max = std::isnan(v) || std::isnan(total_max) ? std::numeric_limits<float>::quiet_NaN()
-                                                       : std::max(total_max, v);
+  Crops cr(scores, epsilon, k);
+  at::Tensor out = empty_output(cr);
+  if (iterations > 0) {
+    sinkhorn_exp_domain(cr, iterations, k, out.data_ptr<float>());
+  } else {
+    sinkhorn_total_normalization(cr, k, out.data_ptr<float>());
   }
-  const double safe = std::isfinite(total_max) ? total_max : 0.0;
-  double acc = 0.0;
-  for (int64_t c = 0; c < cols; ++c) acc += std::exp(double(column_lse(st, padded, c)) - safe);
-  const double total = safe + std::log(acc);
-  std::fill(op.log_u.begin(), op.log_u.begin() + cols, float(-total));
-  return codes(op, /*normalize_rows=*/false, k, float(op.rows()));
+  return out;
 }
 
 }  // namespace

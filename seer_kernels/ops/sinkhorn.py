@@ -2,7 +2,7 @@
 csrc/cpu/sinkhorn.cpp, csrc/cuda/sinkhorn.cu, seer_kernels/triton/sinkhorn.py; the
 oracle is seer_kernels.reference.sinkhorn.
 
-Algorithm (every backend, log domain, fp32 accumulation whatever the input dtype):
+Algorithm (every backend, fp32 accumulation whatever the input dtype), in the log domain:
 with L = scores / eps and a per-prototype log scaling log_u (K,),
   pass 0      log_u = -logsumexp_b L[:, k] - log K          (SwAV's first prototype step)
   pass t      log_u += log(B/K) - logsumexp_b log_softmax_k(L + log_u)[:, k]
@@ -34,8 +34,9 @@ T threads, C = max(16, ceil(B / 256)) row chunks and Kp = K rounded up to the ve
 width: per-chunk column statistics, per-thread row buffers and a few K-vectors. With
 iterations >= 1 the codes are allocated first and hold E between the passes, beside
 (2 C + 3 T + 4) Kp; the log-domain passes (iterations = 0, non-finite input) use up to
-(2 C + 8 T + 5) Kp. O(K): nothing else of size B K, except a contiguous copy of strided
-scores.
+(2 C + 8 T + 5) Kp. (A, B, K) scores take one call on the cpu backend (the crops' row
+chunks share the threads): the (A, B, K) codes and at most (2 A C + 8 T + 5 A) Kp. O(K)
+per crop: nothing else of size B K, except a contiguous copy of strided scores.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ _library.register(
 # ------------------------------------------------------------------------ public API
 
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Backends whose schema ops take (A, B, K) scores (and (A, K) log_u) in one call.
+_TAKES_CROPS = ("reference", "cpu")
 
 
 def _distributed_sinkhorn(scores, epsilon, iterations, group, colstats, codes):
@@ -97,7 +100,7 @@ def _distributed_sinkhorn(scores, epsilon, iterations, group, colstats, codes):
 def _per_crop(kernel):
     """A schema op that takes (B, K) scores (and a (K,) log_u), applied to each crop of
     (A, B, K) scores (and (A, K) log_u): the stand-in for kernels that do not yet take
-    the crops in one launch."""
+    the crops in one launch (the cpu ones do)."""
 
     def run(scores, *args):
         if scores.dim() == 2:
@@ -155,11 +158,13 @@ def sinkhorn(
         )
     group = _distributed.group_or_none(process_group)
     if group is None:
-        if scores.dim() == 3 and name != "reference":
+        if scores.dim() == 3 and name not in _TAKES_CROPS:
             return _per_crop(lambda s, *a: _library.run("sinkhorn", name, s, *a))(scores, epsilon, iterations)
         return _library.run("sinkhorn", name, scores, epsilon, iterations)
     if name == "reference":
         return reference.sinkhorn(scores, epsilon, iterations, group)  # the oracle spreads rows itself
-    colstats = _per_crop(_library.kernel("sinkhorn", name, "sinkhorn_colstats"))
-    codes = _per_crop(_library.kernel("sinkhorn", name, "sinkhorn_codes"))
+    colstats = _library.kernel("sinkhorn", name, "sinkhorn_colstats")
+    codes = _library.kernel("sinkhorn", name, "sinkhorn_codes")
+    if name not in _TAKES_CROPS:
+        colstats, codes = _per_crop(colstats), _per_crop(codes)
     return _distributed_sinkhorn(scores, epsilon, iterations, group, colstats, codes)
