@@ -1,6 +1,7 @@
 """`make bench`: run the benchmark suite, then write benchmarks/results/<machine>-<date>.json,
-a markdown summary (speed-up of every backend over each baseline) and a PNG bar chart,
-and refresh the README's performance section from the results folder.
+a markdown summary (speed-up of every backend over each baseline, and over the fastest
+plain one of each kind) and a PNG bar chart, and refresh the README's performance section
+from the results folder.
 
     python -m benchmarks.run [--out DIR] [-k EXPR] [--no-readme] [--time-budget SECONDS]
 """
