@@ -22,9 +22,19 @@ inline bool supported_sinkhorn_input(c10::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
 }
 
-// scores (B, K) of a supported dtype, a finite epsilon > 0.
-inline void check_sinkhorn_scores(const at::Tensor& scores, double epsilon) {
-  TORCH_CHECK(scores.dim() == 2, "sinkhorn: scores must be 2-D (B, K), got shape ", scores.sizes());
+// scores (B, K), or (A, B, K) (A crops, each its own problem) where the backend's kernels
+// take crops (`takes_crops`: the CPU kernels do; the CUDA kernels take one crop per call,
+// and seer_kernels.sinkhorn loops over the crops for them), of a supported dtype, and a
+// finite epsilon > 0.
+inline void check_sinkhorn_scores(const at::Tensor& scores, double epsilon,
+                                  bool takes_crops = false) {
+  TORCH_CHECK(takes_crops || scores.dim() != 3,
+              "sinkhorn: this backend's kernels take 2-D (B, K) scores, one crop per call "
+              "(seer_kernels.sinkhorn runs (A, B, K) crops one at a time on it), got shape ",
+              scores.sizes());
+  TORCH_CHECK(scores.dim() == 2 || (takes_crops && scores.dim() == 3),
+              "sinkhorn: scores must be 2-D (B, K)", takes_crops ? " or 3-D (A, B, K)" : "",
+              ", got shape ", scores.sizes());
   TORCH_CHECK(std::isfinite(epsilon) && epsilon > 0, "sinkhorn: epsilon must be > 0, got ",
               epsilon);
   TORCH_CHECK(supported_sinkhorn_input(scores.scalar_type()),
@@ -39,6 +49,15 @@ inline void check_sinkhorn_iterations(int64_t iterations) {
 inline void check_sinkhorn_log_u(const at::Tensor& log_u, int64_t cols) {
   TORCH_CHECK(log_u.dim() == 1 && log_u.size(0) == cols, "sinkhorn: log_u must have shape (", cols,
               ",), got ", log_u.sizes());
+}
+
+// log_u (K,) for (B, K) scores, (A, K) (one per crop) for (A, B, K) scores.
+inline void check_sinkhorn_log_u(const at::Tensor& log_u, const at::Tensor& scores) {
+  if (scores.dim() != 3) return check_sinkhorn_log_u(log_u, scores.size(-1));
+  TORCH_CHECK(
+      log_u.dim() == 2 && log_u.size(0) == scores.size(0) && log_u.size(1) == scores.size(2),
+      "sinkhorn: log_u must have shape (A, K) = (", scores.size(0), ", ", scores.size(2),
+      ") for (A, B, K) scores, got ", log_u.sizes());
 }
 
 // embeddings (N, D) and prototypes (K, D) of one floating dtype.

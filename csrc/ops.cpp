@@ -6,14 +6,17 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(seer_kernels, m) {
-  // Sinkhorn-Knopp codes (SwAV). scores (B, K) fp32/bf16/fp16 -> codes (B, K) fp32.
+  // Sinkhorn-Knopp codes (SwAV). scores (B, K) fp32/bf16/fp16 -> codes (B, K) fp32, or
+  // (A, B, K) -> (A, B, K): A crops, each its own problem (CPU kernels; the CUDA kernels
+  // take (B, K) only, and the Python wrapper calls them once per crop).
   m.def("sinkhorn(Tensor scores, float epsilon, int iterations) -> Tensor");
   // Building blocks of the distributed Sinkhorn (one pass over the rows each).
   // x[b, k] = scores[b, k] / epsilon + log_u[k], minus logsumexp_k x[b, :] when
   // normalize_rows. colstats returns (2, K) fp32: row 0 = a finite per-column shift
   // (max_b x, or 0 where that is not finite; 0 when normalize_rows, as softmax entries
   // need none), row 1 = sum_b exp(x - shift), so logsumexp_b x = row 0 + log(row 1);
-  // codes returns softmax_k(x) (normalize_rows) or exp(x).
+  // codes returns softmax_k(x) (normalize_rows) or exp(x). With crops (CPU kernels):
+  // scores (A, B, K) and log_u (A, K) give colstats (A, 2, K) and codes (A, B, K).
   m.def(
       "sinkhorn_colstats(Tensor scores, Tensor log_u, float epsilon, bool normalize_rows) -> "
       "Tensor");

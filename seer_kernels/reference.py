@@ -3,7 +3,9 @@ every benchmark. Written for clarity, not speed.
 
 - sinkhorn: SwAV's Sinkhorn-Knopp in the log domain (finite at eps = 0.01 and with
   fp16/bf16 inputs, where the plain formulation returns NaN).
-- swav_sinkhorn_baseline: the plain SwAV formulation as users run it today.
+- swav_sinkhorn_baseline, lightly_sinkhorn_baseline: the plain formulation as users run
+  it today, in SwAV's and in lightly's words (the benchmarks time both: "plain" is the
+  faster of the two on each device).
 - prototype_scores: cosine scores of embeddings against prototypes.
 - swav_cross_entropy: the loop over (assignment crop, other crop) pairs that SwAV and
   lightly write, one log-softmax per pair.
@@ -86,6 +88,34 @@ def swav_sinkhorn_baseline(
         q /= rows
         q /= k
         q /= q.sum(dim=0, keepdim=True)
+        q /= b
+    q *= b
+    return q.t()
+
+
+@torch.no_grad()
+def lightly_sinkhorn_baseline(
+    scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, process_group=None
+) -> torch.Tensor:
+    """lightly's `sinkhorn(out, iterations, epsilon, gather_distributed)` (lightly.loss.
+    swav_loss), with this module's argument order: SwAV's iteration without the 1/K of the
+    prototype step (the sample step that follows cancels it), one in-place division per
+    step on the transposed view, and B = local rows x world size. The same values as
+    `swav_sinkhorn_baseline` in exact arithmetic, one full pass less per iteration; the
+    same overflow and 0/0 failures."""
+    group = _distributed.group_or_none(process_group)
+    q = torch.exp(scores / epsilon).t()
+    total = torch.sum(q)
+    if group is not None:
+        dist.all_reduce(total, group=group)
+    q /= total
+    b = q.shape[1] * (dist.get_world_size(group) if group is not None else 1)
+    for _ in range(iterations):
+        rows = torch.sum(q, dim=1, keepdim=True)
+        if group is not None:
+            dist.all_reduce(rows, group=group)
+        q /= rows
+        q /= torch.sum(q, dim=0, keepdim=True)
         q /= b
     q *= b
     return q.t()

@@ -17,10 +17,10 @@ then `prototype_cross_entropy`, which never holds the (V B, K) scores of all cro
 their gradient. It runs through `SwAVPrototypes.forward(x, fused_loss=...)`, so DDP and
 FSDP see the prototype weights used inside the module's forward.
 
-Per step the loss costs one fused Sinkhorn per assignment crop (the op solves one
-(B, K) transport problem; the crops are independent problems, and stacking them into one
-call would change the result) and ONE fused cross-entropy over every (assignment crop,
-other crop) pair, instead of lightly's A * (V - 1) log-softmax passes.
+Per step the loss costs ONE fused Sinkhorn call for all assignment crops (on (A, B + Q, K)
+scores: each crop stays its own transport problem, in the same launches) and ONE fused
+cross-entropy over every (assignment crop, other crop) pair, instead of lightly's A
+Sinkhorn calls and A * (V - 1) log-softmax passes.
 
 Differences from lightly, on purpose (docs/swav.md lists every one, with the test that
 shows it):
@@ -175,16 +175,19 @@ def swav_codes(
     which gives the same codes). The queue rows' codes are dropped. No gradient."""
     n_assign, b, k = assign_scores.shape
     queue = _check_queue(queue_scores, n_assign, k)
-    codes = []
-    for a in range(n_assign):
-        rows = assign_scores[a].detach()
+    run = functools.partial(
+        sinkhorn, epsilon=epsilon, iterations=iterations, process_group=process_group, backend=backend
+    )
+    rows = assign_scores.detach()
+    if queue is None or len({q.shape[0] for q in queue}) == 1:
+        # One call for all crops: (A, B + Q, K), each crop its own problem.
         if queue is not None:
-            rows = torch.cat((rows, queue[a].detach().to(rows.dtype)))
-        q = sinkhorn(
-            rows, epsilon=epsilon, iterations=iterations, process_group=process_group, backend=backend
-        )
-        codes.append(q[:b])
-    return torch.stack(codes)
+            rows = torch.cat((rows, torch.stack([q.detach() for q in queue]).to(rows.dtype)), dim=1)
+        return run(rows)[:, :b]
+    # Queues of different lengths per crop: one call each.
+    return torch.stack(
+        [run(torch.cat((rows[a], q.detach().to(rows.dtype))))[:b] for a, q in enumerate(queue)]
+    )
 
 
 def swav_loss(

@@ -15,12 +15,18 @@ from benchmarks import readme, run
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _bench(group, backend, median, baseline=False, nbytes=None):
+def _bench(group, backend, median, baseline=False, nbytes=None, plain=None):
     return {
         "group": group,
         "name": f"test[{backend}]",
         "stats": {"median": median},
-        "extra_info": {"op": "sinkhorn", "backend": backend, "baseline": baseline, "bytes": nbytes},
+        "extra_info": {
+            "op": "sinkhorn",
+            "backend": backend,
+            "baseline": baseline,
+            "bytes": nbytes,
+            "plain": plain,
+        },
     }
 
 
@@ -37,6 +43,35 @@ def test_speedups_against_every_baseline():
     (entry,) = run.speedups(rows)
     assert entry["backend"] == "cpu"
     assert entry["vs"] == {"reference": pytest.approx(4.0), "reference+compile": pytest.approx(2.0)}
+
+
+def test_speedups_against_the_fastest_plain_baseline(tmp_path):
+    """Two plain spellings of each kind (SwAV's loop, lightly's): the summary names the
+    faster of each kind, per group, and the markdown shows it beside the full list."""
+    data = {
+        "benchmarks": [
+            _bench("g", "swav_baseline", 6.0, baseline=True, plain="eager"),
+            _bench("g", "lightly_baseline", 4.0, baseline=True, plain="eager"),
+            _bench("g", "swav_baseline_compiled", 2.0, baseline=True, plain="compiled"),
+            _bench("g", "lightly_baseline_compiled", 3.0, baseline=True, plain="compiled"),
+            _bench("g", "reference", 8.0, baseline=True),
+            _bench("g", "cpu", 1.0),
+            _bench("h", "reference", 3.0, baseline=True),
+            _bench("h", "cpu", 1.0),
+        ]
+    }
+    table = run.speedups(run.rows_from_pytest_json(data))
+    (g, h) = table
+    assert g["vs_plain"] == {
+        "eager": {"baseline": "lightly_baseline", "speedup": pytest.approx(4.0)},
+        "compiled": {"baseline": "swav_baseline_compiled", "speedup": pytest.approx(2.0)},
+    }
+    assert "vs_plain" not in h  # no plain baseline in that group
+    info = {"date": "2026-01-01", "torch": "x", "triton": "y", "cpu": "z", "cores": 2, "device": "cpu"}
+    ceil = {"copy_GBps": 10.0, "matmul_TFLOPs": 0.1, "matmul_dtype": "float32"}
+    text = run.write_results(run.rows_from_pytest_json(data), info, ceil, tmp_path).read_text()
+    assert "**4.00x** lightly_baseline, **2.00x** swav_baseline_compiled" in text
+    assert "| vs fastest plain |" in text and "8.00x reference" in text
 
 
 def test_results_files_and_readme_section(tmp_path, monkeypatch):

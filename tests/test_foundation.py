@@ -57,12 +57,16 @@ def test_sinkhorn_reference_matches_swav_formula(shape, eps, iterations):
         reference.sinkhorn(scores, eps, iterations), expected.float(), rtol=1e-5, atol=1e-6
     )
     torch.testing.assert_close(reference.swav_sinkhorn_baseline(scores.double(), eps, iterations), expected)
+    torch.testing.assert_close(
+        reference.lightly_sinkhorn_baseline(scores.double(), eps, iterations), expected
+    )
 
 
 def test_sinkhorn_reference_stays_finite_where_plain_swav_fails():
     scores = torch.rand(64, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
     scores[0, 0] = 1.0
     assert torch.isnan(reference.swav_sinkhorn_baseline(scores, 0.01, 3)).any()
+    assert torch.isnan(reference.lightly_sinkhorn_baseline(scores, 0.01, 3)).any()
     codes = reference.sinkhorn(scores, 0.01, 3)
     assert torch.isfinite(codes).all()
     torch.testing.assert_close(codes.sum(1), torch.ones(64), rtol=0, atol=1e-5)

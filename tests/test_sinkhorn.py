@@ -438,6 +438,25 @@ def test_adversarial_inputs(backend, device, case):
         _check(codes, s, eps, iters, f"{backend} {case} T={iters}")
 
 
+@needs_cpu
+@pytest.mark.parametrize("iters", [1, 2, 3, 10])
+@pytest.mark.parametrize("eps", [0.01, 0.003])
+@pytest.mark.parametrize(("b", "k"), [(20, 5), (300, 37)])
+def test_cpu_rows_far_below_their_columns(b, k, eps, iters):
+    """Rows whose scores are all far below their columns' maxima: at these eps the
+    exp-domain E = exp(L - column max) of such a row underflows to 0 (the first row, a row
+    in a middle chunk) or nearly (the last row, a ramp), so the kernel takes their
+    softmax from the scores in the log domain; the codes still match float64."""
+    s = torch.rand(b, k, generator=torch.Generator().manual_seed(b + k)) * 0.5 + 0.5
+    s[0] = -1.0
+    s[b // 2, : k // 2 + 1] = -1.0
+    s[b // 2, k // 2 + 1 :] = -0.9
+    s[-1] = torch.linspace(-1, 1, k)
+    codes = sk.sinkhorn(s, epsilon=eps, iterations=iters, backend="cpu")
+    _rows_sum_to_one(codes, f"{b}x{k} eps={eps} T={iters}")
+    _check(codes, s, eps, iters, f"{b}x{k} eps={eps} T={iters}")
+
+
 def test_baseline_breaks_where_the_fused_op_does_not():
     """The premise of the adversarial cases: plain SwAV returns NaN on them."""
     s, eps = _adversarial()["cosine 1.0 at eps 0.01"]
@@ -587,6 +606,72 @@ def test_crops_are_independent_problems(backend, device, a, b, k, iters):
     )
 
 
+@needs_cpu
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize(("a", "b", "k"), [(1, 9, 17), (2, 70, 33), (3, 5, 1)])
+def test_cpu_building_blocks_take_crops(a, b, k, normalize):
+    """The CPU schema ops on (A, B, K) scores and (A, K) log_u: colstats (A, 2, K) and
+    codes (A, B, K), each crop against float64 on its own."""
+    ops = torch.ops.seer_kernels
+    s = torch.stack([_scores(b, k, seed=b + i) for i in range(a)])
+    log_u = torch.randn(a, k, generator=torch.Generator().manual_seed(k), dtype=torch.float64) * 3
+    x = s.double() / 0.05 + log_u[:, None, :]
+    if normalize:
+        x = torch.log_softmax(x, dim=-1)
+    stats = ops.sinkhorn_colstats(s, log_u.float(), 0.05, normalize)
+    assert stats.shape == (a, 2, k) and stats.dtype == torch.float32
+    lse = stats[:, 0].double() + stats[:, 1].double().log()
+    torch.testing.assert_close(lse, torch.logsumexp(x, dim=1), rtol=1e-5, atol=1e-5)
+    out = ops.sinkhorn_codes(s, log_u.float(), 0.05, normalize)
+    assert out.shape == (a, b, k) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), x.exp(), rtol=2e-5, atol=1e-6)
+
+
+def _crop_cases() -> dict[str, torch.Tensor]:
+    """(A, B, K) scores whose crops take different paths: plain cosines, a crop with rows
+    far below their columns at eps 0.01 (log-domain rows), one with a NaN (its passes
+    after the first in the log domain), and B not a multiple of a row chunk."""
+    far = torch.rand(300, 37, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.5
+    far[0] = -1.0
+    nan = _scores(300, 37, seed=2)
+    nan[4, 5] = float("nan")
+    return {
+        "cosines": torch.stack([_scores(1023, 300, seed=i) for i in range(2)]),
+        "far rows": torch.stack([_scores(300, 37, seed=3), far]),
+        "nan crop": torch.stack([nan, _scores(300, 37, seed=4), nan]),
+        "small": torch.stack([_scores(7, 3, seed=i) for i in range(4)]),
+    }
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("iters", [0, 1, 3])
+@pytest.mark.parametrize("case", list(_crop_cases()))
+def test_cpu_crops_in_one_call_equal_per_crop_calls(case, iters, dtype):
+    """Each crop's chunks depend on B only and every chunk, merge and fallback decision is
+    the crop's own, so (A, B, K) in one call is bitwise the A separate calls, with any
+    thread count; the building blocks likewise."""
+    scores = _crop_cases()[case].to(dtype)
+    ops = torch.ops.seer_kernels
+    eps = 0.01 if case == "far rows" else 0.05
+    separate = torch.stack([ops.sinkhorn(s, eps, iters) for s in scores])
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            together = ops.sinkhorn(scores, eps, iters)
+            assert torch.equal(together.isnan(), separate.isnan()), f"{threads} threads"
+            assert torch.equal(together.nan_to_num(), separate.nan_to_num()), f"{threads} threads"
+    finally:
+        torch.set_num_threads(before)
+    log_u = torch.randn(scores.shape[0], scores.shape[2], generator=torch.Generator().manual_seed(0))
+    for normalize in (False, True):
+        for op in (ops.sinkhorn_colstats, ops.sinkhorn_codes):
+            got = op(scores, log_u, eps, normalize)
+            want = torch.stack([op(s, lu, eps, normalize) for s, lu in zip(scores, log_u, strict=True)])
+            assert torch.equal(got.nan_to_num(), want.nan_to_num()) and torch.equal(got.isnan(), want.isnan())
+
+
 def test_crops_bad_shape():
     with pytest.raises(ValueError, match=r"scores must not be empty, got \(A, B, K\) shape \(2, 0, 3\)"):
         sk.sinkhorn(torch.zeros(2, 0, 3))
@@ -617,11 +702,14 @@ def test_opcheck_cpp_ops(dtype):
     s = _scores(19, 37, dtype, seed=6)
     log_u = torch.randn(37)
     ops = torch.ops.seer_kernels
-    torch.library.opcheck(ops.sinkhorn.default, (s, 0.05, 3))
-    torch.library.opcheck(ops.sinkhorn.default, (s, 0.05, 0))
-    for normalize in (False, True):
-        torch.library.opcheck(ops.sinkhorn_colstats.default, (s, log_u, 0.05, normalize))
-        torch.library.opcheck(ops.sinkhorn_codes.default, (s, log_u, 0.05, normalize))
+    crops = torch.stack([s, _scores(19, 37, dtype, seed=7)])  # (A, B, K), (A, K) log_u
+    crop_log_u = torch.stack([log_u, -log_u])
+    for scores, lu in ((s, log_u), (crops, crop_log_u)):
+        torch.library.opcheck(ops.sinkhorn.default, (scores, 0.05, 3))
+        torch.library.opcheck(ops.sinkhorn.default, (scores, 0.05, 0))
+        for normalize in (False, True):
+            torch.library.opcheck(ops.sinkhorn_colstats.default, (scores, lu, 0.05, normalize))
+            torch.library.opcheck(ops.sinkhorn_codes.default, (scores, lu, 0.05, normalize))
 
 
 @needs_triton
@@ -710,6 +798,33 @@ def test_cpp_op_argument_errors():
         ops.sinkhorn(torch.zeros(4, 3), -1.0, 3)
     with pytest.raises(RuntimeError, match="scores must be float32, float16 or bfloat16"):
         ops.sinkhorn(torch.zeros(4, 3, dtype=torch.float64), 0.05, 3)
+    with pytest.raises(
+        RuntimeError, match=r"scores must be 2-D \(B, K\) or 3-D \(A, B, K\), got shape \[1, 2, 4, 3\]"
+    ):
+        ops.sinkhorn(torch.zeros(1, 2, 4, 3), 0.05, 3)
+    with pytest.raises(
+        RuntimeError, match=r"log_u must have shape \(A, K\) = \(2, 3\) for \(A, B, K\) scores"
+    ):
+        ops.sinkhorn_codes(torch.zeros(2, 4, 3), torch.zeros(3), 0.05, True)
+    with pytest.raises(RuntimeError, match=r"log_u must have shape \(A, K\) = \(2, 3\)"):
+        ops.sinkhorn_colstats(torch.zeros(2, 4, 3), torch.zeros(1, 3), 0.05, True)
+
+
+@pytest.mark.gpu
+def test_cuda_kernels_reject_crops():
+    """The CUDA kernels take one crop per call (the public function loops over crops for
+    them): a direct call with (A, B, K) scores says so."""
+    if not torch.cuda.is_available() or "cuda" not in GPU_BACKENDS:
+        pytest.skip("needs the CUDA kernels and a GPU")
+    ops = torch.ops.seer_kernels
+    s = torch.zeros(2, 4, 3, device="cuda")
+    for call in (
+        lambda: ops.sinkhorn(s, 0.05, 3),
+        lambda: ops.sinkhorn_colstats(s, torch.zeros(2, 3, device="cuda"), 0.05, True),
+        lambda: ops.sinkhorn_codes(s, torch.zeros(2, 3, device="cuda"), 0.05, True),
+    ):
+        with pytest.raises(RuntimeError, match="take 2-D \\(B, K\\) scores, one crop per call"):
+            call()
 
 
 @pytest.mark.parametrize(

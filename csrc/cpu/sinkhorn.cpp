@@ -1,34 +1,54 @@
 // CPU kernels of seer_kernels::sinkhorn, sinkhorn_colstats and sinkhorn_codes.
 //
-// Algorithm (the same in every backend; see seer_kernels/ops/sinkhorn.py), log domain, fp32
+// Algorithm (the same in every backend; see seer_kernels/ops/sinkhorn.py), fp32
 // accumulation whatever the input dtype, L = scores / eps, per-prototype log_u (K,):
 //   pass 0      log_u = -logsumexp_b L[:, k] - log K
 //   pass t      log_u += log(B/K) - logsumexp_b log_softmax_k(L + log_u)[:, k]   (t < T)
 //   last pass   codes = softmax_k(L + log_u)
 //   T = 0       codes = B * exp(L - logsumexp(L))
 //
-// Bytes moved, (B, K) scores of s bytes each (4 fp32, 2 bf16/fp16), T iterations:
-//   pass 0 and each pass t       B*K*s read (the column statistics: 2*K floats per chunk)
-//   last pass                    B*K*s read + B*K*4 written
-//   total                        (T + 1)*B*K*s + 4*B*K; the floor when B*K does not fit
-//                                in cache is one read per half-iteration, which this is.
-// (4096, 3000, 3) fp32: 4 * 49.2 MB + 49.2 MB = 246 MB. One exp per element per pass.
+// The fused op with T >= 1 runs in the exp domain. The rows are cut into chunks (below);
+// pass 0 stores E = exp(L - m) in the codes buffer, m the chunk's per-column max of L, so
+// every entry of E is in [0, 1] and each chunk column holds a 1. With the per-chunk
+// weights g_k = exp(m_k + log_u_k - G) (G: the chunk's largest m_k + log_u_k, a constant
+// per row that cancels in its softmax), row b's softmax is P[b, k] = E[b, k] g_k / r_b,
+// r_b = sum_k E[b, k] g_k. So pass t is a row sum and a column sum of E scaled by g and
+// 1 / r_b, and the last pass writes P over E in place: one exp per element in all
+// (pass 0) instead of one per element per pass, and K per chunk per pass for g. The
+// entries of E or E * g that flush to 0 or fall into the denormals are off by at most
+// ~2^-148 each; a row keeps the exp domain only while r_b >= K * 2^-100, so together they
+// move r_b by at most 2^-48 of itself and its codes by at most 2^-48 / K (and, summed over
+// B rows, the column sums, each >= 1/K (below), by B * 2^-48 of themselves). A row below
+// that (every entry of its E far under its column's max, e.g. at eps 0.01) takes its
+// softmax from its scores in the log domain, exactly; a crop whose pass-0 column
+// logsumexps are not all finite (NaN or inf input) runs its remaining passes in the log
+// domain, so non-finite input gives the reference's NaNs (below).
 //
-// Parallel layout: the rows are cut into chunks that depend on B only (not on the
-// thread count, so results are bit-identical for any number of threads); the threads
-// claim chunks one at a time (parallel_claim), each chunk accumulates private per-column
-// (shift, sum) statistics in registers over 8-row blocks, and the chunks are merged
-// (max of shifts, rescaled sums; threaded over columns only when that is big). One
-// parallel region per pass: T + 1 per call at SEER sizes.
+// Bytes moved, (B, K) scores of s bytes each (4 fp32, 2 bf16/fp16), T >= 1 iterations:
+//   pass 0          B*K*s read twice per chunk (the second from cache: a chunk is at
+//                   most 256 rows, 3 MB at K = 3000) + B*K*4 written (E, streamed)
+//   each pass t     B*K*4 read (E; the column sums: K floats per chunk)
+//   last pass       B*K*4 read + B*K*4 written (the codes, over E)
+//   total           B*K*(s + 4 + 4*(T - 1) + 8) = B*K*(s + 4T + 8), against the
+//                   log-domain floor (T + 1)*B*K*s + 4*B*K, which recomputes every exp
+//                   each pass. (4096, 3000, 3) fp32: 295 MB here, 246 MB at that floor.
+// The log-domain passes (T = 0, the building-block ops, non-finite crops) move
+// (T + 1)*B*K*s + 4*B*K with one exp per element per pass.
 //
-// Column logsumexps. Pass 0 keeps a per-column running max (the shift), so nothing over-
-// or underflows for any finite input at any eps. Passes t >= 1 sum softmax entries
-// directly, with shift 0: an entry is in [0, 1], so no sum overflows, and none of the
-// sums that matter underflows. After pass 0 (or an update), A = exp(L + log_u) has
-// column sums 1/K (or B/K) and hence row sums r_b <= 1 (or B); the row-softmax is
-// A[b, k] / r_b >= A[b, k] (or A[b, k] / B), so every column of it sums to >= 1/K and
-// its largest entry is >= 1/(K*B), ~1e-11 for SEER sizes, while only entries below 1e-38
-// flush to zero. That saves the second exp per element that a running max costs.
+// Parallel layout: the rows of each crop are cut into chunks that depend on B only (not
+// on the thread count, so results are bit-identical for any number of threads); the
+// threads claim chunks one at a time (parallel_claim), each chunk accumulates private
+// per-column statistics, and the chunks are merged in a fixed order (max of shifts,
+// rescaled sums; threaded over columns only when that is big). One parallel region per
+// pass: T + 1 per call at SEER sizes.
+//
+// Column logsumexps. Pass 0 shifts by the per-column max, so nothing over- or underflows
+// for any finite input at any eps. Passes t >= 1 sum softmax entries directly, with
+// shift 0: an entry is in [0, 1], so no sum overflows, and none of the sums that matter
+// underflows. After pass 0 (or an update), A = exp(L + log_u) has column sums 1/K (or
+// B/K) and hence row sums r_b <= 1 (or B); the row-softmax is A[b, k] / r_b >= A[b, k]
+// (or A[b, k] / B), so every column of it sums to >= 1/K and its largest entry is
+// >= 1/(K*B), ~1e-11 for SEER sizes, while only entries below 1e-38 flush to zero.
 //
 // Non-finite input follows the reference: a NaN poisons its column statistic, hence
 // log_u, hence every row (all codes NaN); +inf gives NaN where inf - inf appears.
@@ -158,7 +178,7 @@ InputType input_type(const at::Tensor& scores) {
 
 // The op-level contract (op_checks.h) on a CPU tensor.
 void check_scores(const at::Tensor& scores, double epsilon) {
-  check_sinkhorn_scores(scores, epsilon);
+  check_sinkhorn_scores(scores, epsilon, /*takes_crops=*/true);
   TORCH_CHECK(scores.device().is_cpu(), "sinkhorn: scores must be a CPU tensor, got ",
               scores.device());
 }
@@ -170,19 +190,52 @@ int64_t rows_per_chunk(int64_t rows) {
   return std::max<int64_t>(1, ceil_div(ceil_div(rows, target), kBlockRows)) * kBlockRows;
 }
 
-// The scores (contiguous) and a padded fp32 log_u that outlive the Problem.
-struct Operand {
+// The scores of A crops (contiguous; one crop for (B, K) scores), each crop's padded fp32
+// log_u (padding lanes 0) and one Problem per crop, all outliving the passes. A crop's
+// codes are rows [a * B, (a + 1) * B) of the (A * B, K) output.
+struct Crops {
   at::Tensor scores;
+  int64_t count;
+  int64_t rows;
+  int64_t cols;
+  int64_t padded;
   std::vector<float> log_u;
-  Problem problem;
+  std::vector<Problem> problems;
 
-  Operand(const at::Tensor& s, double epsilon, const Kernels& k)
-      : scores(s.contiguous()), log_u(ceil_div(s.size(1), k.width) * k.width, 0.f) {
-    problem = Problem{scores.data_ptr(),     input_type(scores), scores.size(0), scores.size(1),
-                      int64_t(log_u.size()), float(epsilon),     log_u.data()};
+  Crops(const at::Tensor& s, double epsilon, const Kernels& k)
+      : scores(s.contiguous()),
+        count(s.dim() == 3 ? s.size(0) : 1),
+        rows(s.size(-2)),
+        cols(s.size(-1)),
+        padded(ceil_div(cols, k.width) * k.width),
+        log_u(count * padded, 0.f) {
+    const auto* base = static_cast<const char*>(scores.data_ptr());
+    const int64_t stride = rows * cols * int64_t(scores.element_size());
+    for (int64_t a = 0; a < count; ++a) {
+      problems.push_back(Problem{base + a * stride, input_type(scores), rows, cols, padded,
+                                 float(epsilon), log_u.data() + a * padded});
+    }
   }
-  int64_t rows() const { return scores.size(0); }
-  int64_t cols() const { return scores.size(1); }
+  float* log_u_of(int64_t a) { return log_u.data() + a * padded; }
+  float* codes_of(float* out, int64_t a) const { return out + a * rows * cols; }
+};
+
+// The row chunks of every crop: tasks are (crop, chunk) pairs, crop-major, so the threads
+// share the crops' chunks (two crops of a few hundred rows keep two threads busy) and a
+// chunk's result never depends on the other crops or on the thread count.
+struct Chunks {
+  int64_t per;    // rows per chunk (rows_per_chunk)
+  int64_t count;  // chunks per crop
+  int64_t slots;  // statistics slots per crop: max(count, 1)
+  int64_t rows;   // B
+
+  explicit Chunks(int64_t b)
+      : per(rows_per_chunk(b)),
+        count(ceil_div(b, per)),
+        slots(std::max<int64_t>(count, 1)),
+        rows(b) {}
+  int64_t first_row(int64_t c) const { return c * per; }
+  int64_t rows_in(int64_t c) const { return std::min(per, rows - c * per); }
 };
 
 // Row buffers, one per thread, allocated before the parallel region: a heap buffer
@@ -212,56 +265,75 @@ void parallel_claim(int64_t count, const Task& task) {
   });
 }
 
-// Column statistics over all rows, merged: (2, Kp) fp32 [shift; sum of exp(x - shift)].
-at::Tensor colstats_padded(const Operand& op, bool normalize_rows, const Kernels& k) {
-  const Problem& p = op.problem;
-  const int64_t rows = op.rows();
-  const int64_t per = rows_per_chunk(rows);
-  const int64_t chunks = ceil_div(rows, per);
-  auto opts = at::TensorOptions().dtype(at::kFloat);
-  at::Tensor partial = at::empty({std::max<int64_t>(chunks, 1), 2, p.padded}, opts);
-  float* part = partial.data_ptr<float>();
-  if (chunks == 0) {
-    partial.select(1, 0).fill_(0.f);
-    partial.select(1, 1).fill_(0.f);
-  }
-  const int64_t scratch_size = kBlockRows * p.padded;
-  at::Tensor scratch = thread_scratch(scratch_size);
-  float* buffers = scratch.data_ptr<float>();
-  parallel_claim(chunks, [&](int64_t c, int thread) {
-    const int64_t row0 = c * per;
-    k.colstats_rows(p, row0, std::min(per, rows - row0), normalize_rows,
-                    buffers + thread * scratch_size, part + 2 * c * p.padded);
-  });
-  at::Tensor merged = at::empty({2, p.padded}, opts);
+// Per-chunk (2, Kp) column statistics of `crops` crops: (crops, slots, 2, Kp), zeros in
+// the one slot of a crop without rows.
+at::Tensor chunk_stats(int64_t crops, const Chunks& ch, int64_t padded) {
+  at::Tensor partial =
+      at::empty({crops, ch.slots, 2, padded}, at::TensorOptions().dtype(at::kFloat));
+  if (ch.count == 0) partial.zero_();
+  return partial;
+}
+
+// Each crop's chunk statistics merged, in chunk order: (crops, 2, Kp) fp32
+// [shift; sum of exp(x - shift)].
+at::Tensor merge_chunks(const at::Tensor& partial, int64_t padded, const Kernels& k) {
+  const int64_t crops = partial.size(0);
+  const int64_t slots = partial.size(1);
+  const float* part = partial.data_ptr<float>();
+  at::Tensor merged = at::empty({crops, 2, padded}, at::TensorOptions().dtype(at::kFloat));
   float* out = merged.data_ptr<float>();
-  // The merge reads chunks * 2 * Kp floats (~1% of a pass): threads only when it is big,
-  // since every parallel region is a barrier, and barriers are what a busy machine makes slow.
-  const int64_t vectors = p.padded / k.width;
-  const int64_t grain =
-      std::max<int64_t>(1, (int64_t(1) << 20) / (k.width * std::max<int64_t>(chunks, 1)));
-  at::parallel_for(0, vectors, grain, [&](int64_t v0, int64_t v1) {
-    k.merge_stats(part, std::max<int64_t>(chunks, 1), p.padded, v0 * k.width, v1 * k.width, out);
+  // The merge reads slots * 2 * Kp floats per crop (~1% of a pass): threads only when it
+  // is big, since every parallel region is a barrier, and barriers are what a busy
+  // machine makes slow.
+  const int64_t vectors = padded / k.width;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / (k.width * slots));
+  at::parallel_for(0, crops * vectors, grain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1;) {
+      const int64_t a = i / vectors;
+      const int64_t v0 = i % vectors;
+      const int64_t v1 = std::min(vectors, v0 + (i1 - i));
+      k.merge_stats(part + a * slots * 2 * padded, slots, padded, v0 * k.width, v1 * k.width,
+                    out + a * 2 * padded);
+      i += v1 - v0;
+    }
   });
   return merged;
 }
 
-at::Tensor codes(const Operand& op, bool normalize_rows, const Kernels& k, float scale = 1.f) {
-  const Problem& p = op.problem;
-  at::Tensor out = empty_codes(op.rows(), op.cols());
-  float* dst = out.data_ptr<float>();
+// Column statistics of crops [first, first + n) over all their rows, merged:
+// (n, 2, Kp) fp32 [shift; sum of exp(x - shift)].
+at::Tensor colstats_padded(const Crops& cr, int64_t first, int64_t n, bool normalize_rows,
+                           const Kernels& k) {
+  const Chunks ch(cr.rows);
+  at::Tensor partial = chunk_stats(n, ch, cr.padded);
+  float* part = partial.data_ptr<float>();
+  const int64_t scratch_size = kBlockRows * cr.padded;
+  at::Tensor scratch = thread_scratch(scratch_size);
+  float* buffers = scratch.data_ptr<float>();
+  parallel_claim(n * ch.count, [&](int64_t i, int thread) {
+    const int64_t a = i / ch.count;
+    const int64_t c = i % ch.count;
+    k.colstats_rows(cr.problems[first + a], ch.first_row(c), ch.rows_in(c), normalize_rows,
+                    buffers + thread * scratch_size, part + (a * ch.slots + c) * 2 * cr.padded);
+  });
+  return merge_chunks(partial, cr.padded, k);
+}
+
+// The codes of crops [first, first + n) into out ((A * B, K) fp32), in the log domain.
+void codes(const Crops& cr, int64_t first, int64_t n, bool normalize_rows, const Kernels& k,
+           float scale, float* out) {
   // Tasks of ~1 MiB of scores (at least 8 rows): ~50 of them at (4096, 3000), so a
   // descheduled thread holds up at most a fiftieth of the pass.
-  const int64_t per = std::max<int64_t>(8, (int64_t(1) << 18) / std::max<int64_t>(p.padded, 1));
-  const int64_t rows = op.rows();
-  at::Tensor scratch = thread_scratch(p.padded);
+  const int64_t per = std::max<int64_t>(8, (int64_t(1) << 18) / std::max<int64_t>(cr.padded, 1));
+  const int64_t tasks = ceil_div(cr.rows, per);
+  at::Tensor scratch = thread_scratch(cr.padded);
   float* buffers = scratch.data_ptr<float>();
-  parallel_claim(ceil_div(rows, per), [&](int64_t task, int thread) {
-    const int64_t r0 = task * per;
-    k.codes_rows(p, r0, std::min(per, rows - r0), normalize_rows, scale,
-                 buffers + thread * p.padded, dst);
+  parallel_claim(n * tasks, [&](int64_t i, int thread) {
+    const int64_t a = first + i / tasks;
+    const int64_t r0 = (i % tasks) * per;
+    k.codes_rows(cr.problems[a], r0, std::min(per, cr.rows - r0), normalize_rows, scale,
+                 buffers + thread * cr.padded, cr.codes_of(out, a));
   });
-  return out;
 }
 
 // logsumexp over the column of its (shift, sum), as the reference: shift + log(sum).
@@ -269,75 +341,162 @@ float column_lse(const float* merged, int64_t padded, int64_t col) {
   return merged[col] + std::log(merged[padded + col]);
 }
 
-void set_log_u(Operand& op, const at::Tensor& log_u) {
-  check_sinkhorn_log_u(log_u, op.cols());
+// A fresh fp32 output of the scores' shape: (B, K), or (A, B, K) for crops.
+at::Tensor empty_output(const Crops& cr) {
+  return empty_codes(cr.count * cr.rows, cr.cols).view(cr.scores.sizes());
+}
+
+void set_log_u(Crops& cr, const at::Tensor& log_u) {
+  check_sinkhorn_log_u(log_u, cr.scores);
   TORCH_CHECK(log_u.device().is_cpu(), "sinkhorn: log_u must be a CPU tensor, got ",
               log_u.device());
   const at::Tensor lu = log_u.to(at::kFloat).contiguous();
-  std::copy(lu.data_ptr<float>(), lu.data_ptr<float>() + op.cols(), op.log_u.begin());
+  for (int64_t a = 0; a < cr.count; ++a) {
+    const float* src = lu.data_ptr<float>() + a * cr.cols;
+    std::copy(src, src + cr.cols, cr.log_u_of(a));
+  }
 }
 
 at::Tensor sinkhorn_colstats_cpu(const at::Tensor& scores, const at::Tensor& log_u, double epsilon,
                                  bool normalize_rows) {
   check_scores(scores, epsilon);
   const Kernels& k = kernels();
-  Operand op(scores, epsilon, k);
-  set_log_u(op, log_u);
-  return colstats_padded(op, normalize_rows, k).narrow(1, 0, op.cols()).contiguous();
+  Crops cr(scores, epsilon, k);
+  set_log_u(cr, log_u);
+  const at::Tensor stats =
+      colstats_padded(cr, 0, cr.count, normalize_rows, k).narrow(2, 0, cr.cols).contiguous();
+  return scores.dim() == 3 ? stats : stats.squeeze(0);
 }
 
 at::Tensor sinkhorn_codes_cpu(const at::Tensor& scores, const at::Tensor& log_u, double epsilon,
                               bool normalize_rows) {
   check_scores(scores, epsilon);
   const Kernels& k = kernels();
-  Operand op(scores, epsilon, k);
-  set_log_u(op, log_u);
-  return codes(op, normalize_rows, k);
+  Crops cr(scores, epsilon, k);
+  set_log_u(cr, log_u);
+  at::Tensor out = empty_output(cr);
+  codes(cr, 0, cr.count, normalize_rows, k, 1.f, out.data_ptr<float>());
+  return out;
 }
 
-// The fused op: T + 1 passes over the scores, log_u updated in between, no Python.
-at::Tensor sinkhorn_cpu(const at::Tensor& scores, double epsilon, int64_t iterations) {
-  check_scores(scores, epsilon);
-  check_sinkhorn_iterations(iterations);
-  const Kernels& k = kernels();
-  Operand op(scores, epsilon, k);
-  const int64_t cols = op.cols();
-  const int64_t padded = op.problem.padded;
-  // fp32 constants, rounded as the reference rounds them.
-  const float log_b = std::log(float(op.rows()));
+// iterations >= 1 in the exp domain (see the top of this file), every crop's passes in
+// one parallel region each; a crop whose pass-0 column logsumexps are not all finite (NaN
+// or inf input) finishes in the log domain instead, on its own.
+void sinkhorn_exp_domain(Crops& cr, int64_t iterations, const Kernels& k, float* out) {
+  const int64_t cols = cr.cols;
+  const int64_t padded = cr.padded;
+  const float log_b = std::log(float(cr.rows));
   const float log_k = float(std::log(double(cols)));
-  at::Tensor stats = colstats_padded(op, /*normalize_rows=*/false, k);
-  const float* st = stats.data_ptr<float>();
-  if (iterations == 0) {
-    // codes = B * exp(L - total), total = logsumexp of the column logsumexps (in fp64).
-    // Scaling by B after the exp (not adding log B inside it) keeps the exponent's
-    // rounding that of L - total alone, as in the reference.
+  const Chunks ch(cr.rows);
+  at::Tensor partial = chunk_stats(cr.count, ch, padded);
+  float* part = partial.data_ptr<float>();
+  const auto slot = [&](int64_t a, int64_t c) { return part + (a * ch.slots + c) * 2 * padded; };
+  at::Tensor scratch = thread_scratch(3 * padded);
+  float* buffers = scratch.data_ptr<float>();
+  const int64_t tasks = cr.count * ch.count;
+  parallel_claim(tasks, [&](int64_t i, int thread) {
+    const int64_t a = i / ch.count;
+    const int64_t c = i % ch.count;
+    k.exp_first_rows(cr.problems[a], ch.first_row(c), ch.rows_in(c), buffers + thread * 3 * padded,
+                     cr.codes_of(out, a), slot(a, c));
+  });
+  std::vector<char> finite(cr.count, 1);
+  {
+    const at::Tensor stats = merge_chunks(partial, padded, k);
+    for (int64_t a = 0; a < cr.count; ++a) {
+      const float* st = stats.data_ptr<float>() + a * 2 * padded;
+      float* log_u = cr.log_u_of(a);
+      for (int64_t c = 0; c < cols; ++c) {
+        const float lse = column_lse(st, padded, c);
+        finite[a] = finite[a] && std::isfinite(lse);
+        log_u[c] = sinkhorn_log_u(SinkhornMerge::kFirst, lse, log_u[c], log_b, log_k);
+      }
+    }
+  }
+  // Rows whose r_b falls below K * 2^-100 take the log-domain path: elsewhere each of the
+  // K products E * g that flushes or lands in the denormals is off by at most ~2^-148,
+  // together at most 2^-48 of r_b (see the top of this file).
+  const float min_row_sum = std::ldexp(float(cols), -100);
+  std::vector<float> total(padded);
+  for (int64_t t = 0; t < iterations; ++t) {
+    const bool last = t == iterations - 1;
+    parallel_claim(tasks, [&](int64_t i, int thread) {
+      const int64_t a = i / ch.count;
+      const int64_t c = i % ch.count;
+      if (!finite[a]) return;
+      k.exp_pass_rows(cr.problems[a], slot(a, c), ch.first_row(c), ch.rows_in(c), last, min_row_sum,
+                      buffers + thread * 3 * padded, cr.codes_of(out, a), slot(a, c) + padded);
+    });
+    if (last) break;
+    for (int64_t a = 0; a < cr.count; ++a) {
+      if (!finite[a]) continue;
+      std::fill(total.begin(), total.end(), 0.f);
+      for (int64_t c = 0; c < ch.count; ++c) {
+        const float* sum = slot(a, c) + padded;
+        for (int64_t j = 0; j < cols; ++j) total[j] += sum[j];
+      }
+      float* log_u = cr.log_u_of(a);
+      for (int64_t j = 0; j < cols; ++j) {
+        log_u[j] =
+            sinkhorn_log_u(SinkhornMerge::kUpdate, std::log(total[j]), log_u[j], log_b, log_k);
+      }
+    }
+  }
+  if (std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; })) return;
+  partial = at::Tensor();  // the log-domain passes allocate their own statistics
+  scratch = at::Tensor();
+  for (int64_t a = 0; a < cr.count; ++a) {
+    if (finite[a]) continue;
+    float* log_u = cr.log_u_of(a);
+    for (int64_t t = 1; t < iterations; ++t) {
+      const at::Tensor stats = colstats_padded(cr, a, 1, /*normalize_rows=*/true, k);
+      const float* st = stats.data_ptr<float>();
+      for (int64_t c = 0; c < cols; ++c) {
+        log_u[c] = sinkhorn_log_u(SinkhornMerge::kUpdate, column_lse(st, padded, c), log_u[c],
+                                  log_b, log_k);
+      }
+    }
+    codes(cr, a, 1, /*normalize_rows=*/true, k, 1.f, out);
+  }
+}
+
+// iterations = 0: codes = B * exp(L - total) per crop, total = the logsumexp of the column
+// logsumexps (in fp64). Scaling by B after the exp (not adding log B inside it) keeps the
+// exponent's rounding that of L - total alone, as in the reference.
+void sinkhorn_total_normalization(Crops& cr, const Kernels& k, float* out) {
+  const at::Tensor stats = colstats_padded(cr, 0, cr.count, /*normalize_rows=*/false, k);
+  for (int64_t a = 0; a < cr.count; ++a) {
+    const float* st = stats.data_ptr<float>() + a * 2 * cr.padded;
     float total_max = -std::numeric_limits<float>::infinity();
-    for (int64_t c = 0; c < cols; ++c) {
-      const float v = column_lse(st, padded, c);
+    for (int64_t c = 0; c < cr.cols; ++c) {
+      const float v = column_lse(st, cr.padded, c);
       total_max = std::isnan(v) || std::isnan(total_max) ? std::numeric_limits<float>::quiet_NaN()
                                                          : std::max(total_max, v);
     }
     const double safe = std::isfinite(total_max) ? total_max : 0.0;
     double acc = 0.0;
-    for (int64_t c = 0; c < cols; ++c) acc += std::exp(double(column_lse(st, padded, c)) - safe);
-    const double total = safe + std::log(acc);
-    std::fill(op.log_u.begin(), op.log_u.begin() + cols, float(-total));
-    return codes(op, /*normalize_rows=*/false, k, float(op.rows()));
-  }
-  for (int64_t c = 0; c < cols; ++c) {
-    op.log_u[c] =
-        sinkhorn_log_u(SinkhornMerge::kFirst, column_lse(st, padded, c), op.log_u[c], log_b, log_k);
-  }
-  for (int64_t t = 1; t < iterations; ++t) {
-    stats = colstats_padded(op, /*normalize_rows=*/true, k);
-    st = stats.data_ptr<float>();
-    for (int64_t c = 0; c < cols; ++c) {
-      op.log_u[c] = sinkhorn_log_u(SinkhornMerge::kUpdate, column_lse(st, padded, c), op.log_u[c],
-                                   log_b, log_k);
+    for (int64_t c = 0; c < cr.cols; ++c) {
+      acc += std::exp(double(column_lse(st, cr.padded, c)) - safe);
     }
+    std::fill(cr.log_u_of(a), cr.log_u_of(a) + cr.cols, float(-(safe + std::log(acc))));
   }
-  return codes(op, /*normalize_rows=*/true, k);
+  codes(cr, 0, cr.count, /*normalize_rows=*/false, k, float(cr.rows), out);
+}
+
+// The fused op: T + 1 passes over the scores of every crop, log_u updated in between, no
+// Python.
+at::Tensor sinkhorn_cpu(const at::Tensor& scores, double epsilon, int64_t iterations) {
+  check_scores(scores, epsilon);
+  check_sinkhorn_iterations(iterations);
+  const Kernels& k = kernels();
+  Crops cr(scores, epsilon, k);
+  at::Tensor out = empty_output(cr);
+  if (iterations > 0) {
+    sinkhorn_exp_domain(cr, iterations, k, out.data_ptr<float>());
+  } else {
+    sinkhorn_total_normalization(cr, k, out.data_ptr<float>());
+  }
+  return out;
 }
 
 }  // namespace

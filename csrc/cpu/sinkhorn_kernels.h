@@ -46,6 +46,24 @@ struct Kernels {
   // [row0, row0 + rows); out is (B, K) fp32 row-major. buffer: Kp floats of scratch.
   void (*codes_rows)(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows, float scale,
                      float* buffer, float* out);
+
+  // The exp domain (sinkhorn.cpp has the algorithm). Rows [row0, row0 + rows) form one
+  // row chunk; e is the (B, K) fp32 codes buffer, which holds E between the passes.
+  //
+  // Pass 0 of a chunk (log_u is not read): stats[0:Kp] = the chunk's per-column shift
+  // m = max_b L[b, :] (0 where not finite), e[b, :] = E = exp(L[b, :] - m) and
+  // stats[Kp:2Kp] = sum_b E[b, :]: the (shift, sum) statistics of colstats_rows.
+  // buffer: Kp floats of scratch.
+  void (*exp_first_rows)(const Problem& p, int64_t row0, int64_t rows, float* buffer, float* e,
+                         float* stats);
+  // Pass t >= 1 of a chunk whose pass-0 shift is `shift` (Kp), with the weights
+  // g = exp(shift + log_u - G) (G their max over the K columns) and row sums
+  // r_b = sum_k E[b, k] g_k: not last, col_sum[0:Kp] = sum_b P[b, :] with P the row
+  // softmax of x = L + log_u; last, e[b, :] = P[b, :] in place (the codes). A row whose
+  // r_b is below min_row_sum (or NaN) takes its P from the scores in the log domain
+  // instead (E underflowed there). buffer: 3 * Kp floats of scratch.
+  void (*exp_pass_rows)(const Problem& p, const float* shift, int64_t row0, int64_t rows, bool last,
+                        float min_row_sum, float* buffer, float* e, float* col_sum);
 };
 
 // Rows per register block of the column accumulation (scratch of colstats_rows).

@@ -13,6 +13,13 @@
 //                              (1 fma): 1 exp per element.
 //   codes                      4 B read + 4 B written (non-temporal when large), the same
 //                              sweeps, 1 exp per element.
+// Exp domain (the fused op with T >= 1; sinkhorn.cpp has the algorithm):
+//   first pass (per chunk)     4 B read (the column max), 4 B read again from cache,
+//                              x / eps - m, 1 exp, 4 B written (non-temporal when large).
+//   middle pass                4 B read of E: its row sum with g (1 fma), then from L2 the
+//                              column sums of E / r_b over blocks of up to 8 rows (1 fma);
+//                              no exp. Bandwidth-bound.
+//   last pass                  4 B read + 4 B written in place: E * g / r_b (2 mul).
 // Column accumulators (2 * Kp floats per chunk) and the row buffer (8 * Kp floats) stay
 // in L2 for K up to 16k, so DRAM traffic is the scores (and the codes) only; the sweeps
 // that only compute prefetch the next row so the memory and the exps overlap.
@@ -38,31 +45,48 @@ using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kWidth = Vec::size();
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// exp with NaN/inf semantics of std::exp and <= 1 ulp error (measured: 0.97 ulp over
-// [-100, 88]). On AVX-512 it is Cody-Waite reduction, cephes' degree-6 polynomial and
-// vscalefps (which rounds huge/tiny results to inf/0 correctly): ~1.6x the throughput
-// of Sleef_expf16_u10, and exp is most of each pass's work. Elsewhere: Sleef.
+// exp with NaN/inf semantics of std::exp and ~1 ulp error (measured against double exp:
+// at most 1.01 ulp over 22M points of [-110, 90], denormal results within 2^-149):
+// Cody-Waite reduction and cephes' degree-6 polynomial, ~1.6x the throughput of
+// Sleef_expf16_u10 on AVX-512 and under half the instructions of Sleef_expf8_u10 on AVX2
+// (called out of line there); exp is most of the work of the passes that compute it. The
+// result p * 2^n is scaled by vscalefps on AVX-512; on AVX2 by 2^(n/2) and then
+// 2^(n - n/2), both normal floats for n in [-150, 128], so the first product is exact and
+// the second rounds once, into the denormals as well: the same bits as vscalefps (checked
+// over 5.7M inputs). Baseline ISA: Sleef.
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 inline Vec exp_(const Vec& v) {
 #if defined(CPU_CAPABILITY_AVX512)
   // max/min with the constant first return the second operand when it is NaN: NaN stays.
-  const __m512 x =
-      _mm512_min_ps(_mm512_set1_ps(89.f), _mm512_max_ps(_mm512_set1_ps(-104.f), __m512(v)));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.f));
+  const Vec x(_mm512_min_ps(_mm512_set1_ps(89.f), _mm512_max_ps(_mm512_set1_ps(-104.f), v)));
+#else
+  const Vec x(_mm256_min_ps(_mm256_set1_ps(89.f), _mm256_max_ps(_mm256_set1_ps(-104.f), v)));
+#endif
+  const Vec n = (x * Vec(1.44269504088896341f)).round();  // to nearest even
+  Vec r = at::vec::fnmadd(n, Vec(0.693145751953125f), x);
+  r = at::vec::fnmadd(n, Vec(1.428606765330187045e-06f), r);
+  Vec p(1.9875691500e-4f);
+  p = at::vec::fmadd(p, r, Vec(1.3981999507e-3f));
+  p = at::vec::fmadd(p, r, Vec(8.3334519073e-3f));
+  p = at::vec::fmadd(p, r, Vec(4.1665795894e-2f));
+  p = at::vec::fmadd(p, r, Vec(1.6666665459e-1f));
+  p = at::vec::fmadd(p, r, Vec(5.0000001201e-1f));
+  p = at::vec::fmadd(p, r * r, r) + Vec(1.f);
+#if defined(CPU_CAPABILITY_AVX512)
   return Vec(_mm512_scalef_ps(p, n));
 #else
-  return v.exp();
+  const __m256i ni = _mm256_cvtps_epi32(n);  // garbage for NaN, but p is NaN then
+  const __m256i half = _mm256_srai_epi32(ni, 1);
+  const __m256i bias = _mm256_set1_epi32(127);
+  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, bias), 23));
+  const __m256 s2 = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, half), bias), 23));
+  return Vec(_mm256_mul_ps(_mm256_mul_ps(p, s1), s2));
 #endif
 }
+#else
+inline Vec exp_(const Vec& v) { return v.exp(); }
+#endif
 
 // x / eps, rounded as the reference's division: L = x / eps must round exactly (at eps
 // 0.01 an ulp of L is 8e-6). With FMA the divider (a fifth of a pass's time in a
@@ -331,6 +355,184 @@ void codes_rows_typed(const Problem& p, int64_t row0, int64_t rows, bool normali
 #endif
 }
 
+// ------------------------------------------------------------------------ exp domain
+
+// dst[0:n] = src[0:n] (fp32), with non-temporal stores when `stream`.
+inline void write_row(float* dst, const float* src, int64_t n, bool stream) {
+  if (stream) {
+    write_row_streaming(dst, src, n, 1.f);
+    return;
+  }
+  int64_t j = 0;
+  for (; j + kWidth <= n; j += kWidth) Vec::loadu(src + j).store(dst + j);
+  if (j < n) Vec::loadu(src + j).store(dst + j, n - j);
+}
+
+// Pass 0 of one chunk. Two sweeps over its rows: the column max of the raw scores (a
+// correctly rounded division by eps > 0 is monotone, so the max of L is the max of x
+// divided once), then E = exp(L - m) and its column sums. The second sweep reads the
+// chunk again from cache (a chunk is at most 256 rows: 3 MB at K = 3000, L3-resident),
+// so DRAM sees one read of the scores and one (streamed) write of E.
+template <typename T>
+void exp_first_rows_typed(const Problem& p, int64_t row0, int64_t rows, float* buf, float* e,
+                          float* stats) {
+  const int64_t padded = p.padded;
+  const int64_t cols = p.cols;
+  float* shift = stats;
+  float* sum = stats + padded;
+  std::fill(shift, shift + padded, -kInf);
+  std::fill(sum, sum + padded, 0.f);
+  const T* base = static_cast<const T*>(p.scores) + row0 * cols;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = base + r * cols;
+    for (int64_t j = 0; j < padded; j += kWidth) {
+      const Vec x =
+          j + kWidth <= cols ? load_floats(row + j) : load_floats(row + j, cols - j, -kInf);
+      max_(Vec::loadu(shift + j), x).store(shift + j);
+    }
+  }
+  const Divisor divide(p.epsilon);
+  for (int64_t j = 0; j < padded; j += kWidth) {
+    finite_or_zero(divide(Vec::loadu(shift + j))).store(shift + j);
+  }
+  const bool stream = p.rows * cols * int64_t(sizeof(float)) >= kStreamBytes;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = base + r * cols;
+    for (int64_t j = 0; j < padded; j += kWidth) {
+      const Vec x =
+          j + kWidth <= cols ? load_floats(row + j) : load_floats(row + j, cols - j, -kInf);
+      const Vec v = exp_(divide(x) - Vec::loadu(shift + j));
+      v.store(buf + j);
+      (Vec::loadu(sum + j) + v).store(sum + j);
+    }
+    write_row(e + (row0 + r) * cols, buf, cols, stream);
+  }
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if (stream) _mm_sfence();  // order the non-temporal stores before the threads join
+#endif
+}
+
+// sum_k e[k] * g[k] over k < cols (g is padded, so the tail reads whole vectors of it).
+inline float dot_row(const float* e, const float* g, int64_t cols) {
+  Vec a0(0.f), a1(0.f), a2(0.f), a3(0.f);
+  int64_t j = 0;
+  for (; j + 4 * kWidth <= cols; j += 4 * kWidth) {
+    a0 = at::vec::fmadd(Vec::loadu(e + j), Vec::loadu(g + j), a0);
+    a1 = at::vec::fmadd(Vec::loadu(e + j + kWidth), Vec::loadu(g + j + kWidth), a1);
+    a2 = at::vec::fmadd(Vec::loadu(e + j + 2 * kWidth), Vec::loadu(g + j + 2 * kWidth), a2);
+    a3 = at::vec::fmadd(Vec::loadu(e + j + 3 * kWidth), Vec::loadu(g + j + 3 * kWidth), a3);
+  }
+  for (; j + kWidth <= cols; j += kWidth) {
+    a0 = at::vec::fmadd(Vec::loadu(e + j), Vec::loadu(g + j), a0);
+  }
+  if (j < cols) a1 = at::vec::fmadd(Vec::loadu(e + j, cols - j), Vec::loadu(g + j), a1);
+  return lane_sum((a0 + a1) + (a2 + a3));
+}
+
+// acc[0:Kp] += sum_r inv[r] * e[r, :] for NR rows of e (row stride cols; acc is padded, so
+// the tail vector's lanes past cols add 0).
+template <int NR>
+void accumulate_rows(const float* e, int64_t cols, const float* inv, float* acc) {
+  Vec w[NR];
+  for (int r = 0; r < NR; ++r) w[r] = Vec(inv[r]);
+  int64_t j = 0;
+  for (; j + kWidth <= cols; j += kWidth) {
+    Vec a = Vec::loadu(acc + j);
+    for (int r = 0; r < NR; ++r) a = at::vec::fmadd(Vec::loadu(e + r * cols + j), w[r], a);
+    a.store(acc + j);
+  }
+  if (j < cols) {
+    Vec a = Vec::loadu(acc + j);
+    for (int r = 0; r < NR; ++r)
+      a = at::vec::fmadd(Vec::loadu(e + r * cols + j, cols - j), w[r], a);
+    a.store(acc + j);
+  }
+}
+
+// The row softmax of x = L + log_u of one scores row, in the log domain, into buf
+// (padding lanes 0); returns 1 / its denominator (the fallback of rows where E underflowed).
+template <typename T>
+float softmax_row(const Problem& p, const T* row, float* buf) {
+  const float m = load_row(p, row, buf);
+  return 1.f / exp_row(buf, p.padded, m, nullptr, 0);
+}
+
+// Rows per block of the column accumulation of a middle pass: the block's E rows, just
+// read for their row sums, are read again from L2 (at most ~256 KiB of them).
+constexpr int64_t kExpBlockBytes = int64_t(256) << 10;
+
+template <typename T>
+void exp_pass_rows_typed(const Problem& p, const float* shift, int64_t row0, int64_t rows,
+                         bool last, float min_row_sum, float* buf, float* e, float* col_sum) {
+  const int64_t padded = p.padded;
+  const int64_t cols = p.cols;
+  float* g = buf;
+  float* fallback = buf + padded;
+  float* row_buf = buf + 2 * padded;
+  // g = exp(shift + log_u - G): G makes the largest weight 1, so no weight overflows and
+  // r_b <= K; a per-chunk constant cancels in every row's softmax.
+  for (int64_t j = 0; j < padded; j += kWidth) {
+    (Vec::loadu(shift + j) + Vec::loadu(p.log_u + j)).store(g + j);
+  }
+  float top = -kInf;
+  for (int64_t j = 0; j < cols; ++j) top = std::max(top, g[j]);
+  const Vec vtop(top);
+  for (int64_t j = 0; j < padded; j += kWidth) exp_(Vec::loadu(g + j) - vtop).store(g + j);
+  std::fill(g + cols, g + padded, 0.f);
+  if (!last) std::fill(col_sum, col_sum + padded, 0.f);
+  bool any_fallback = false;
+  const T* scores = static_cast<const T*>(p.scores);
+  const int64_t block = std::clamp<int64_t>(kExpBlockBytes / (cols * int64_t(sizeof(float))), 1, 8);
+  float inv[8];
+  for (int64_t r0 = row0; r0 < row0 + rows; r0 += block) {
+    const int64_t nr = std::min(block, row0 + rows - r0);
+    for (int64_t r = 0; r < nr; ++r) {
+      float* er = e + (r0 + r) * cols;
+      const float sum = dot_row(er, g, cols);
+      if (sum >= min_row_sum) {  // false for NaN
+        inv[r] = 1.f / sum;
+        if (last) {
+          const Vec vinv(inv[r]);
+          int64_t j = 0;
+          for (; j + kWidth <= cols; j += kWidth) {
+            (Vec::loadu(er + j) * Vec::loadu(g + j) * vinv).store(er + j);
+          }
+          if (j < cols)
+            (Vec::loadu(er + j, cols - j) * Vec::loadu(g + j) * vinv).store(er + j, cols - j);
+        }
+        continue;
+      }
+      inv[r] = 0.f;
+      const float s = softmax_row(p, scores + (r0 + r) * cols, row_buf);
+      if (last) {
+        const Vec vs(s);
+        int64_t j = 0;
+        for (; j + kWidth <= cols; j += kWidth) (Vec::loadu(row_buf + j) * vs).store(er + j);
+        if (j < cols) (Vec::loadu(row_buf + j) * vs).store(er + j, cols - j);
+        continue;
+      }
+      if (!any_fallback) std::fill(fallback, fallback + padded, 0.f);
+      any_fallback = true;
+      for (int64_t j = 0; j < padded; j += kWidth) {
+        at::vec::fmadd(Vec::loadu(row_buf + j), Vec(s), Vec::loadu(fallback + j))
+            .store(fallback + j);
+      }
+    }
+    if (last) continue;
+    const float* eb = e + r0 * cols;
+    int64_t r = 0;
+    for (; r + 8 <= nr; r += 8) accumulate_rows<8>(eb + r * cols, cols, inv + r, col_sum);
+    for (; r < nr; ++r) accumulate_rows<1>(eb + r * cols, cols, inv + r, col_sum);
+  }
+  if (last) return;
+  // sum_b P[b, k] = g_k * sum_b E[b, k] / r_b (+ the fallback rows' P).
+  for (int64_t j = 0; j < padded; j += kWidth) {
+    Vec v = Vec::loadu(col_sum + j) * Vec::loadu(g + j);
+    if (any_fallback) v = v + Vec::loadu(fallback + j);
+    v.store(col_sum + j);
+  }
+}
+
 void merge_stats_impl(const float* stats, int64_t chunks, int64_t padded, int64_t col0,
                       int64_t col1, float* out) {
   for (int64_t j = col0; j < col1; j += kWidth) {
@@ -379,10 +581,24 @@ void codes_rows(const Problem& p, int64_t row0, int64_t rows, bool normalize_row
   });
 }
 
+void exp_first_rows(const Problem& p, int64_t row0, int64_t rows, float* buf, float* e,
+                    float* stats) {
+  dispatch_type(
+      p.type, [&](auto tag) { exp_first_rows_typed<decltype(tag)>(p, row0, rows, buf, e, stats); });
+}
+
+void exp_pass_rows(const Problem& p, const float* shift, int64_t row0, int64_t rows, bool last,
+                   float min_row_sum, float* buf, float* e, float* col_sum) {
+  dispatch_type(p.type, [&](auto tag) {
+    exp_pass_rows_typed<decltype(tag)>(p, shift, row0, rows, last, min_row_sum, buf, e, col_sum);
+  });
+}
+
 }  // namespace
 
 const Kernels& table() {
-  static const Kernels kernels{kWidth, &colstats_rows, &merge_stats_impl, &codes_rows};
+  static const Kernels kernels{kWidth,      &colstats_rows,  &merge_stats_impl,
+                               &codes_rows, &exp_first_rows, &exp_pass_rows};
   return kernels;
 }
 

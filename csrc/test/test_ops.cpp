@@ -99,6 +99,44 @@ void test_sinkhorn() {
   }
 }
 
+// (A, B, K) scores in one call: each crop its own problem, bitwise the per-crop calls
+// (the row chunks and every merge are per crop), and the building blocks likewise.
+void test_sinkhorn_crops() {
+  auto sinkhorn =
+      op("seer_kernels::sinkhorn").typed<at::Tensor(const at::Tensor&, double, int64_t)>();
+  auto colstats = op("seer_kernels::sinkhorn_colstats")
+                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, bool)>();
+  auto codes_op = op("seer_kernels::sinkhorn_codes")
+                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, bool)>();
+  at::manual_seed(3);
+  for (int64_t a : {1, 3}) {
+    for (int64_t iters : {0, 1, 3}) {
+      auto scores = at::rand({a, 37, 300}) * 2 - 1;
+      auto together = sinkhorn.call(scores, 0.05, iters);
+      bool same = together.sizes() == scores.sizes();
+      double err = 0;
+      for (int64_t i = 0; i < a; ++i) {
+        same = same && at::equal(together[i], sinkhorn.call(scores[i], 0.05, iters));
+        const at::Tensor ref = sinkhorn_ref(scores[i], 0.05, iters);
+        err = std::max(
+            err, max_abs_diff(together[i], ref) / std::max(1.0, ref.abs().max().item<double>()));
+      }
+      check(same && err < 2e-5, "sinkhorn crops A=" + std::to_string(a) + " iters=" +
+                                    std::to_string(iters) + " err=" + std::to_string(err));
+    }
+    auto scores = at::rand({a, 9, 17}) * 2 - 1;
+    auto log_u = at::randn({a, 17});
+    auto stats = colstats.call(scores, log_u, 0.05, true);
+    auto out = codes_op.call(scores, log_u, 0.05, true);
+    bool same = stats.sizes() == at::IntArrayRef({a, 2, 17}) && out.sizes() == scores.sizes();
+    for (int64_t i = 0; i < a; ++i) {
+      same = same && at::equal(stats[i], colstats.call(scores[i], log_u[i], 0.05, true)) &&
+             at::equal(out[i], codes_op.call(scores[i], log_u[i], 0.05, true));
+    }
+    check(same, "sinkhorn_colstats / sinkhorn_codes crops A=" + std::to_string(a));
+  }
+}
+
 void test_prototype_scores() {
   if (!has_cpu_kernel("seer_kernels::prototype_scores")) {
     check(false, "prototype_scores has a CPU kernel");
@@ -191,6 +229,7 @@ void test_prototype_cross_entropy() {
 int main() {
   test_schemas();
   test_sinkhorn();
+  test_sinkhorn_crops();
   test_prototype_scores();
   test_swav_cross_entropy();
   test_prototype_cross_entropy();

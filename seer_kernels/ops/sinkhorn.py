@@ -2,7 +2,7 @@
 csrc/cpu/sinkhorn.cpp, csrc/cuda/sinkhorn.cu, seer_kernels/triton/sinkhorn.py; the
 oracle is seer_kernels.reference.sinkhorn.
 
-Algorithm (every backend, log domain, fp32 accumulation whatever the input dtype):
+Algorithm (every backend, fp32 accumulation whatever the input dtype), in the log domain:
 with L = scores / eps and a per-prototype log scaling log_u (K,),
   pass 0      log_u = -logsumexp_b L[:, k] - log K          (SwAV's first prototype step)
   pass t      log_u += log(B/K) - logsumexp_b log_softmax_k(L + log_u)[:, k]
@@ -13,7 +13,12 @@ codes. Column statistics are (shift, sum exp(x - shift)) pairs: pass 0 shifts by
 per-column running max (0 where it is not finite), so nothing over- or underflows for
 any finite input and any eps > 0; passes t >= 1 sum row-softmax entries, which lie in
 [0, 1], with shift 0 (each column's sum is provably >= 1/K there, so nothing that
-matters underflows; see csrc/cpu/sinkhorn.cpp). Codes carry no gradient: the op is not
+matters underflows; see csrc/cpu/sinkhorn.cpp). The cpu backend runs the same iteration
+in the exp domain: pass 0 stores E = exp(L - column max) (per row chunk) in the codes
+buffer and the later passes scale E by per-column weights and row sums, one exp per
+element in all instead of one per element per pass; rows where E underflows, and crops
+with non-finite input, are computed in the log domain, so the results are the same to
+fp32 rounding (csrc/cpu/sinkhorn.cpp has the bound). Codes carry no gradient: the op is not
 differentiable and the public function detaches its input (SwAV computes codes under
 no_grad), so backward through codes raises "does not require grad".
 
@@ -26,10 +31,12 @@ which returns float64.
 Memory, CPU backend (measured at K = 65536 by tests/test_memory.py): besides the (B, K)
 fp32 codes (whole 2 MiB pages from 4 MiB on), at most (2 C + 8 T + 5) Kp fp32 values, for
 T threads, C = max(16, ceil(B / 256)) row chunks and Kp = K rounded up to the vector
-width: per-chunk column statistics, an 8-row buffer per thread and a few K-vectors; the
-chunk statistics and row buffers are freed before the codes are allocated (the last pass
-needs (T + 3) Kp). O(K): nothing else of size B K, except a contiguous copy of strided
-scores.
+width: per-chunk column statistics, per-thread row buffers and a few K-vectors. With
+iterations >= 1 the codes are allocated first and hold E between the passes, beside
+(2 C + 3 T + 4) Kp; the log-domain passes (iterations = 0, non-finite input) use up to
+(2 C + 8 T + 5) Kp. (A, B, K) scores take one call on the cpu backend (the crops' row
+chunks share the threads): the (A, B, K) codes and at most (2 A C + 8 T + 5 A) Kp. O(K)
+per crop: nothing else of size B K, except a contiguous copy of strided scores.
 """
 
 from __future__ import annotations
@@ -90,12 +97,13 @@ def _distributed_sinkhorn(scores, epsilon, iterations, group, colstats, codes):
 
 # Backends whose kernels take (A, B, K) scores (and (A, K) log_u) in one call; the
 # others get one call per crop (`_per_crop`).
-_CROPS_IN_ONE_CALL = frozenset({"reference", "triton"})
+_CROPS_IN_ONE_CALL = frozenset({"reference", "cpu", "triton"})
 
 
 def _per_crop(kernel):
     """A schema op that takes (B, K) scores (and a (K,) log_u), applied to each crop of
-    (A, B, K) scores (and (A, K) log_u), for backends whose kernels take one crop a call."""
+    (A, B, K) scores (and (A, K) log_u), for backends whose kernels take one crop a call
+    (cuda: its kernels are not changed until a GPU can run the change)."""
 
     def run(scores, *args):
         if scores.dim() == 2:
