@@ -160,12 +160,16 @@ def test_available_backends_and_resolution(monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
         _backend.resolve("fastest", cpu)
     monkeypatch.delenv("SEER_KERNELS_BACKEND")
-    # The order is per op where measurements disagree (on an H200, prototype_scores' CUDA
-    # GEMMs beat the Triton ones; sinkhorn's Triton pipeline beats the CUDA one).
+    # The order is per op, from GPU measurements of the kernels it names (on an H200,
+    # prototype_scores' CUDA GEMMs beat the Triton ones and sinkhorn's CUDA op led at the
+    # per-GPU shapes); kernels no GPU has run come after the measured ones (sinkhorn's new
+    # Triton pipeline, prototype_cross_entropy's Triton kernels behind its reference).
     monkeypatch.setattr(_backend, "_usable", lambda name, device_type, op="": True)
     gpu = torch.device("cuda")
     assert _backend.resolve(None, gpu, "prototype_scores") == "cuda"
-    assert _backend.resolve(None, gpu, "sinkhorn") == "triton"
+    assert _backend.resolve(None, gpu, "sinkhorn") == "cuda"
+    assert _backend.resolve(None, gpu, "swav_cross_entropy") == "triton"
+    assert _backend.resolve(None, gpu, "prototype_cross_entropy") == "reference"
     assert _backend.resolve(None, gpu) == "triton"
     monkeypatch.undo()
     if not torch.cuda.is_available():
