@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,22 +26,13 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import run
 from benchmarks.bench_prototype_cross_entropy import composition, inputs, plain_swav_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL, LARGE = (8, 64, 128, 3000), (10, 256, 256, 65536)
 ROUNDS = {SMALL: 31, LARGE: 7}
 T = 0.1
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _fns():
@@ -131,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     data = {
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": run.cpu_model(),
             "capability": torch.backends.cpu.get_cpu_capability(),
             "cores": os.cpu_count(),
             "threads": torch.get_num_threads(),

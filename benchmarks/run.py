@@ -66,7 +66,7 @@ def ceilings(device: torch.device) -> dict:
     }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -86,7 +86,7 @@ def machine(device: torch.device) -> dict:
         "device": device.type,
         # CPU timings differ between machines with the CPU and its vector ISA (oneDNN's and
         # our kernels' paths differ between AVX2 and AVX-512), so results name both.
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_isa": torch.backends.cpu.get_cpu_capability(),
     }
     try:

@@ -228,18 +228,8 @@ def swav_loss(
     return swav_cross_entropy(scores, codes, temperature, backend=backend)
 
 
-class SwAVLoss(nn.Module):
-    """lightly's `SwaVLoss` on the fused ops: same arguments, same value, same gradients.
-
-    Every high-resolution crop is an assignment crop. `forward` returns a tensor of
-    shape (1,) as lightly's does (`swav_loss` returns a 0-d tensor). `backend` (keyword
-    only, not in lightly) forces the backend of every op; None picks the fastest.
-
-    Raises ValueError at construction when `sinkhorn_gather_distributed` is True and
-    torch.distributed is not available (as lightly), and in `forward` for crops of
-    different shapes, an empty high-resolution list, a single crop in all, or queue
-    scores that do not match (count or K).
-    """
+class _SwAVSettings(nn.Module):
+    """lightly's SwaVLoss arguments, shared by SwAVLoss and SwAVPrototypeLoss."""
 
     def __init__(
         self,
@@ -262,6 +252,30 @@ class SwAVLoss(nn.Module):
         self.sinkhorn_gather_distributed = sinkhorn_gather_distributed
         self.backend = backend
 
+    def _settings(self) -> dict:
+        """The keyword arguments of swav_loss / swav_prototype_loss these settings give."""
+        return {
+            "temperature": self.temperature,
+            "sinkhorn_iterations": self.sinkhorn_iterations,
+            "sinkhorn_epsilon": self.sinkhorn_epsilon,
+            "process_group": gather_group(self.sinkhorn_gather_distributed),
+            "backend": self.backend,
+        }
+
+
+class SwAVLoss(_SwAVSettings):
+    """lightly's `SwaVLoss` on the fused ops: same arguments, same value, same gradients.
+
+    Every high-resolution crop is an assignment crop. `forward` returns a tensor of
+    shape (1,) as lightly's does (`swav_loss` returns a 0-d tensor). `backend` (keyword
+    only, not in lightly) forces the backend of every op; None picks the fastest.
+
+    Raises ValueError at construction when `sinkhorn_gather_distributed` is True and
+    torch.distributed is not available (as lightly), and in `forward` for crops of
+    different shapes, an empty high-resolution list, a single crop in all, or queue
+    scores that do not match (count or K).
+    """
+
     def subloss(self, z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """lightly's per-pair cross-entropy CE(q, softmax(z / T)), on the fused op (the
         first crop of the pair stack is the assignment crop and is skipped)."""
@@ -281,16 +295,7 @@ class SwAVLoss(nn.Module):
         if queue_outputs is not None and len(queue_outputs) > len(high):
             # lightly reads queue_outputs[i] of each high-resolution crop i only.
             queue_outputs = queue_outputs[: len(high)]
-        loss = swav_loss(
-            torch.stack(high + low),
-            len(high),
-            temperature=self.temperature,
-            sinkhorn_iterations=self.sinkhorn_iterations,
-            sinkhorn_epsilon=self.sinkhorn_epsilon,
-            queue_scores=queue_outputs,
-            process_group=gather_group(self.sinkhorn_gather_distributed),
-            backend=self.backend,
-        )
+        loss = swav_loss(torch.stack(high + low), len(high), queue_scores=queue_outputs, **self._settings())
         return loss.reshape(1)
 
 
@@ -377,7 +382,7 @@ def swav_prototype_loss(
     return (loss, scores) if return_scores else loss
 
 
-class SwAVPrototypeLoss(nn.Module):
+class SwAVPrototypeLoss(_SwAVSettings):
     """`SwAVLoss` fused with the prototype layer: the same arguments and value, but
     `forward` takes the crops' embeddings and the `SwAVPrototypes` instead of their
     scores, and never forms the (V B, K) scores of all crops or their gradient
@@ -390,27 +395,6 @@ class SwAVPrototypeLoss(nn.Module):
     one (Q, D) tensor of queued embeddings per high-resolution crop
     (`SwAVQueue.embeddings`). Returns a tensor of shape (1,), as `SwAVLoss`.
     """
-
-    def __init__(
-        self,
-        temperature: float = 0.1,
-        sinkhorn_iterations: int = 3,
-        sinkhorn_epsilon: float = 0.05,
-        sinkhorn_gather_distributed: bool = False,
-        *,
-        backend: str | None = None,
-    ) -> None:
-        super().__init__()
-        if sinkhorn_gather_distributed and not dist.is_available():
-            raise ValueError(
-                "sinkhorn_gather_distributed is True but torch.distributed is not available; "
-                "set sinkhorn_gather_distributed=False or use a torch build with distributed support"
-            )
-        self.temperature = temperature
-        self.sinkhorn_iterations = sinkhorn_iterations
-        self.sinkhorn_epsilon = sinkhorn_epsilon
-        self.sinkhorn_gather_distributed = sinkhorn_gather_distributed
-        self.backend = backend
 
     def forward(
         self,
@@ -430,14 +414,7 @@ class SwAVPrototypeLoss(nn.Module):
         if len(shapes) != 1 or len(next(iter(shapes))) != 2:
             raise ValueError(f"every crop's embeddings must be one (B, D) shape, got shapes {sorted(shapes)}")
         fused = functools.partial(
-            swav_prototype_loss,
-            n_assign=len(high),
-            temperature=self.temperature,
-            sinkhorn_iterations=self.sinkhorn_iterations,
-            sinkhorn_epsilon=self.sinkhorn_epsilon,
-            queue_embeddings=queue_embeddings,
-            process_group=gather_group(self.sinkhorn_gather_distributed),
-            backend=self.backend,
+            swav_prototype_loss, n_assign=len(high), queue_embeddings=queue_embeddings, **self._settings()
         )
         embeddings = torch.stack(high + low)
         if isinstance(prototypes, SwAVPrototypes):

@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "prototype_cross_entropy_kernels.h"
-#include "rows.h"  // convert_row, load_floats, lane_sum
+#include "rows.h"  // convert_row, dispatch_row_type, load_floats, lane_sum
 
 namespace seer_kernels::cpu::prototype_cross_entropy::CPU_CAPABILITY {
 namespace {
@@ -32,25 +32,6 @@ using at::vec::Vectorized;
 
 // Row sums and norms use kLanes independent partial sums (GCC vectorizes the loop).
 constexpr int kLanes = 16;
-
-// fn(T{}) for a row dtype; the op rejects every other dtype before getting here.
-template <typename Fn>
-void dispatch_dtype(c10::ScalarType t, Fn&& fn) {
-  switch (t) {
-    case c10::ScalarType::Double:
-      fn(double{});
-      break;
-    case c10::ScalarType::Half:
-      fn(c10::Half{});
-      break;
-    case c10::ScalarType::BFloat16:
-      fn(c10::BFloat16{});
-      break;
-    default:
-      fn(float{});
-      break;
-  }
-}
 
 // src (T, n values) into dst (acc_t). convert_row covers the vector conversions; a double
 // row read as float is a plain cast loop.
@@ -64,8 +45,8 @@ void to_acc(const T* src, acc_t* dst, int64_t n) {
 template <typename acc_t>
 double normalize_row_acc(const void* src, c10::ScalarType dtype, int64_t d, acc_t* dst,
                          bool normalize) {
-  dispatch_dtype(dtype,
-                 [&](auto tag) { to_acc<acc_t>(static_cast<const decltype(tag)*>(src), dst, d); });
+  dispatch_row_type(
+      dtype, [&](auto tag) { to_acc<acc_t>(static_cast<const decltype(tag)*>(src), dst, d); });
   if (!normalize) return 1.0;
   acc_t part[kLanes] = {};
   int64_t i = 0;
@@ -123,7 +104,7 @@ double sum_as_double(const T* x, int64_t n) {
 
 double row_sum(const void* src, c10::ScalarType dtype, int64_t n, bool f64) {
   double out = 0.0;
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_row_type(dtype, [&](auto tag) {
     using T = decltype(tag);
     out = f64 ? sum_as_double(static_cast<const T*>(src), n)
               : sum_as_float(static_cast<const T*>(src), n);
@@ -208,7 +189,7 @@ void tile_grad_acc(const TileGrad& t) {
     // The A code segments of sample b, converted once for its V crops.
     for (int64_t a = 0; a < t.A; ++a) {
       const int64_t offset = a * t.code_stride_a + b * t.code_stride_b + t.k0;
-      dispatch_dtype(t.codes_dtype, [&](auto tag) {
+      dispatch_row_type(t.codes_dtype, [&](auto tag) {
         using T = decltype(tag);
         to_acc<acc_t>(static_cast<const T*>(t.codes) + offset, seg + a * t.cols, t.cols);
       });
@@ -288,7 +269,7 @@ void project_typed(const acc_t* g, const T* x, int64_t d, double rn, T* dst, boo
 
 void project_row(const void* g, const void* x, c10::ScalarType dtype, int64_t d, double rn,
                  void* dst, bool normalize, bool f64) {
-  dispatch_dtype(dtype, [&](auto tag) {
+  dispatch_row_type(dtype, [&](auto tag) {
     using T = decltype(tag);
     if (f64) {
       project_typed(static_cast<const double*>(g), static_cast<const T*>(x), d, rn,

@@ -160,32 +160,13 @@ void project_chunk(const RowPass& pass, int64_t begin, int64_t end) {
   }
 }
 
-// fn(T{}) for the pass's dtype; prototype_scores.cpp has dispatched (and rejected) every
-// other dtype before.
-template <typename Fn>
-void dispatch_type(c10::ScalarType t, Fn&& fn) {
-  switch (t) {
-    case c10::ScalarType::Double:
-      fn(double{});
-      break;
-    case c10::ScalarType::Half:
-      fn(c10::Half{});
-      break;
-    case c10::ScalarType::BFloat16:
-      fn(c10::BFloat16{});
-      break;
-    default:
-      fn(float{});
-      break;
-  }
-}
-
 void normalize_rows(const RowPass& pass, int64_t begin, int64_t end) {
-  dispatch_type(pass.dtype, [&](auto tag) { normalize_chunk<decltype(tag)>(pass, begin, end); });
+  dispatch_row_type(pass.dtype,
+                    [&](auto tag) { normalize_chunk<decltype(tag)>(pass, begin, end); });
 }
 
 void project_rows(const RowPass& pass, int64_t begin, int64_t end) {
-  dispatch_type(pass.dtype, [&](auto tag) { project_chunk<decltype(tag)>(pass, begin, end); });
+  dispatch_row_type(pass.dtype, [&](auto tag) { project_chunk<decltype(tag)>(pass, begin, end); });
 }
 
 }  // namespace

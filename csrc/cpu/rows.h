@@ -14,6 +14,9 @@
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -103,6 +106,26 @@ T lane_sum(const at::vec::Vectorized<T>& v) {
   T s = 0;
   for (const T x : lanes) s += x;
   return s;
+}
+
+// fn(T{}) for a row dtype: fp64, fp16, bf16, else fp32 (each op rejects every other
+// dtype before its rows get here).
+template <typename Fn>
+inline void dispatch_row_type(c10::ScalarType t, Fn&& fn) {
+  switch (t) {
+    case c10::ScalarType::Double:
+      fn(double{});
+      break;
+    case c10::ScalarType::Half:
+      fn(c10::Half{});
+      break;
+    case c10::ScalarType::BFloat16:
+      fn(c10::BFloat16{});
+      break;
+    default:
+      fn(float{});
+      break;
+  }
 }
 
 }  // namespace CPU_CAPABILITY
