@@ -37,7 +37,8 @@
 // Workspace (besides the outputs): E_hat and grad_E_hat (V B D acc each), P_hat (K D acc;
 // none when !normalize and P is fp32/fp64), grad_P_hat (K D acc; none for fp32/fp64, where
 // the output is used in place), the block buffer (at most kBlockBytes, ~32 MiB: nb V rows of
-// K acc values), the groups' partials (kMaxGroups nb V D acc) and per task A kt acc values.
+// K acc values), the groups' partials (kMaxGroups nb V D acc) and per group A kt doubles
+// (tile_grad's code segments, A kt acc values).
 //
 // This file holds the tensor side (checks, blocking, GEMMs, threading); the row kernels
 // are in prototype_cross_entropy_kernels_impl.h, compiled per instruction set (isa.h).
@@ -56,6 +57,7 @@
 
 #include "../numeric.h"
 #include "../op_checks.h"
+#include "grain.h"
 #include "isa.h"
 #include "prototype_cross_entropy_kernels.h"
 
@@ -73,8 +75,6 @@ constexpr int64_t kMaxGroups = 16;
 // thread descheduled by another job holds up the rest; GEMMs of up to 1024 rows are as
 // fast per FLOP as smaller ones.
 constexpr int64_t kMaxBlockRows = 1024;
-// Row passes run inline below this many elements (ATen's own grain).
-constexpr int64_t kGrain = at::internal::GRAIN_SIZE;
 
 // The row kernels of this process's instruction set (isa.h).
 const Kernels& kernels() {
@@ -166,7 +166,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_cpu(const Tensor& e_in, const Tensor&
     char* ph = static_cast<char*>(p_hat.data_ptr());
     const int64_t in_row = D * e.element_size(), acc_row = D * acc_size;
     const int64_t rows = B * V + (p_direct ? 0 : K);
-    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / D), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, rows, row_grain(D), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         if (i < B * V) {
           const int64_t b = i / V, v = i % V;
@@ -185,7 +185,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_cpu(const Tensor& e_in, const Tensor&
   const char* codes_ptr = static_cast<const char*>(codes.const_data_ptr());
   const int64_t code_size = codes.element_size();
   std::vector<double> code_sums(A * B);
-  at::parallel_for(0, A * B, std::max<int64_t>(1, kGrain / K), [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, A * B, row_grain(K), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t a = i / B, b = i % B;
       const char* row = codes_ptr + (a * codes.stride(0) + b * codes.stride(1)) * code_size;
@@ -202,6 +202,8 @@ std::tuple<Tensor, Tensor, Tensor> forward_cpu(const Tensor& e_in, const Tensor&
   std::vector<double> m_g(stats), s_g(stats), gap_g(stats);
   std::vector<double> lse(geo.rb), row_max(geo.rb), log_s(geo.rb), big_r(geo.rb);
   std::vector<double> row_loss(B * V);
+  // Each group's tile_grad scratch: A kt acc values (doubles hold either acc type).
+  std::vector<double> tile_scratch(geo.ng * A * geo.kt);
   const double norm = static_cast<double>(A) * static_cast<double>(V - 1) * static_cast<double>(B);
   const double coef = 1.0 / (temperature * norm);
 
@@ -245,7 +247,6 @@ std::tuple<Tensor, Tensor, Tensor> forward_cpu(const Tensor& e_in, const Tensor&
 
     // Region 2: the gradient tiles, grad_P_hat's tiles and the groups' grad_E_hat partials.
     run_tasks(geo.ng, [&](int64_t g) {
-      std::vector<double> scratch(static_cast<size_t>(A * geo.kt));
       Tensor part = ge_part[g].narrow(0, 0, rows);
       for (int64_t t = g * geo.tpg; t < std::min(geo.nt, (g + 1) * geo.tpg); ++t) {
         auto [k0, kw, s_t] = tile(t, rows);
@@ -268,7 +269,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_cpu(const Tensor& e_in, const Tensor&
                      temperature,
                      coef,
                      gap_g.data() + g * geo.rb,
-                     scratch.data(),
+                     tile_scratch.data() + g * A * geo.kt,
                      f64});
         const Tensor p_t = p_hat.narrow(0, k0, kw);
         Tensor gp_t = gp_hat.narrow(0, k0, kw);
@@ -286,13 +287,11 @@ std::tuple<Tensor, Tensor, Tensor> forward_cpu(const Tensor& e_in, const Tensor&
     // Combine the grad_E_hat partials in group order; the rows' losses.
     char* geh = static_cast<char*>(ge_hat.data_ptr()) + b0 * V * D * acc_size;
     const char* parts = static_cast<const char*>(ge_part.const_data_ptr());
-    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / (D * geo.ng)),
-                     [&](int64_t r0, int64_t r1) {
-                       for (int64_t r = r0; r < r1; ++r) {
-                         k.sum_parts(parts + r * D * acc_size, geo.ng, geo.rb * D, D,
-                                     geh + r * D * acc_size, f64);
-                       }
-                     });
+    at::parallel_for(0, rows, row_grain(D * geo.ng), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        k.sum_parts(parts + r * D * acc_size, geo.ng, geo.rb * D, D, geh + r * D * acc_size, f64);
+      }
+    });
     for (int64_t r = 0; r < rows; ++r) {
       double gap = 0.0;
       for (int64_t g = 0; g < geo.ng; ++g) gap += gap_g[g * geo.rb + r];
@@ -314,7 +313,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_cpu(const Tensor& e_in, const Tensor&
     char* ge_out = static_cast<char*>(grad_e.data_ptr());
     char* gp_out = static_cast<char*>(grad_p.data_ptr());
     const int64_t in_row = D * e.element_size(), acc_row = D * acc_size;
-    at::parallel_for(0, B * V + K, std::max<int64_t>(1, kGrain / D), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, B * V + K, row_grain(D), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         if (i < B * V) {
           const int64_t b = i / V, v = i % V, row = v * B + b;

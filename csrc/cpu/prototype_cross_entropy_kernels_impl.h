@@ -23,41 +23,24 @@
 #include <vector>
 
 #include "prototype_cross_entropy_kernels.h"
-#include "rows.h"  // convert_row, dispatch_row_type, load_floats, lane_sum
+#include "rows.h"  // convert_row, dispatch_row_type, load_floats, lane_sum, lane_max,
+                   // load_part, target_at, kLanes, inverse_norm, project_normalized
 
 namespace seer_kernels::cpu::prototype_cross_entropy::CPU_CAPABILITY {
 namespace {
 
 using at::vec::Vectorized;
 
-// Row sums and norms use kLanes independent partial sums (GCC vectorizes the loop).
-constexpr int kLanes = 16;
-
-// src (T, n values) into dst (acc_t). convert_row covers the vector conversions; a double
-// row read as float is a plain cast loop.
-template <typename acc_t, typename T>
-void to_acc(const T* src, acc_t* dst, int64_t n) {
-  convert_row(src, dst, n);
-}
-
 // ------------------------------------------------------------------- normalization
 
 template <typename acc_t>
 double normalize_row_acc(const void* src, c10::ScalarType dtype, int64_t d, acc_t* dst,
                          bool normalize) {
-  dispatch_row_type(
-      dtype, [&](auto tag) { to_acc<acc_t>(static_cast<const decltype(tag)*>(src), dst, d); });
+  dispatch_row_type(dtype,
+                    [&](auto tag) { convert_row(static_cast<const decltype(tag)*>(src), dst, d); });
   if (!normalize) return 1.0;
-  acc_t part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= d; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) part[j] += dst[i + j] * dst[i + j];
-  }
-  acc_t ss = 0;
-  for (int j = 0; j < kLanes; ++j) ss += part[j];
-  for (; i < d; ++i) ss += dst[i] * dst[i];
-  const acc_t rn = acc_t(1) / std::max(std::sqrt(ss), static_cast<acc_t>(1e-12));
-  for (i = 0; i < d; ++i) dst[i] *= rn;
+  const acc_t rn = inverse_norm(dst, d);
+  for (int64_t i = 0; i < d; ++i) dst[i] *= rn;
   return static_cast<double>(rn);
 }
 
@@ -113,22 +96,6 @@ double row_sum(const void* src, c10::ScalarType dtype, int64_t n, bool f64) {
 }
 
 // ------------------------------------------------------------------- logsumexp
-
-template <typename acc_t>
-acc_t lane_max(const Vectorized<acc_t>& v) {
-  alignas(64) acc_t lanes[Vectorized<acc_t>::size()];
-  v.store(lanes);
-  acc_t m = lanes[0];
-  for (const acc_t x : lanes) m = std::max(m, x);
-  return m;
-}
-
-// Vector at x[k:k + count], zero padded past count.
-template <typename acc_t>
-Vectorized<acc_t> load_part(const acc_t* x, int64_t count) {
-  using Vec = Vectorized<acc_t>;
-  return count == Vec::size() ? Vec::loadu(x) : Vec::loadu(x, count);
-}
 
 template <typename acc_t>
 void fold_stats_acc(const TileStats& t) {
@@ -191,7 +158,7 @@ void tile_grad_acc(const TileGrad& t) {
       const int64_t offset = a * t.code_stride_a + b * t.code_stride_b + t.k0;
       dispatch_row_type(t.codes_dtype, [&](auto tag) {
         using T = decltype(tag);
-        to_acc<acc_t>(static_cast<const T*>(t.codes) + offset, seg + a * t.cols, t.cols);
+        convert_row(static_cast<const T*>(t.codes) + offset, seg + a * t.cols, t.cols);
       });
     }
     for (int64_t v = 0; v < t.V; ++v) {
@@ -211,8 +178,7 @@ void tile_grad_acc(const TileGrad& t) {
       for (int64_t k = 0; k < t.cols; k += w) {
         const int64_t count = std::min(w, t.cols - k);
         const Vec xv = load_part(x + k, count);
-        Vec c(acc_t(0));
-        for (int64_t i = 0; i < n_others; ++i) c = c + load_part(others[i] + k, count);
+        const Vec c = target_at(others.data(), n_others, k, count);
         const Vec p = (((xv - l_hi) - l_lo) * inv_t).exp();
         gap = at::vec::fmadd(c, vm - xv, gap);  // padded lanes: c = 0
         const Vec g = at::vec::fmsub(vr, p, c) * coef;
@@ -237,34 +203,10 @@ void tile_grad(const TileGrad& t) {
 
 template <typename T, typename acc_t>
 void project_typed(const acc_t* g, const T* x, int64_t d, double rn, T* dst, bool normalize) {
-  if (!normalize) {
+  if (normalize)
+    project_normalized(g, x, rn, dst, d);
+  else
     convert_row(g, dst, d);
-    return;
-  }
-  double ss_part[kLanes] = {}, dot_part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= d; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const double xv = static_cast<double>(x[i + j]);
-      ss_part[j] += xv * xv;
-      dot_part[j] += xv * static_cast<double>(g[i + j]);
-    }
-  }
-  double ss = 0.0, dot = 0.0;
-  for (int j = 0; j < kLanes; ++j) {
-    ss += ss_part[j];
-    dot += dot_part[j];
-  }
-  for (; i < d; ++i) {
-    const double xv = static_cast<double>(x[i]);
-    ss += xv * xv;
-    dot += xv * static_cast<double>(g[i]);
-  }
-  // x_hat <x_hat, g> = x <x, g> / ||x||^2 (no rounding of rn^2); 0 where clamped.
-  const double c = std::sqrt(ss) >= 1e-12 ? dot / ss : 0.0;
-  for (i = 0; i < d; ++i) {
-    dst[i] = static_cast<T>(rn * (static_cast<double>(g[i]) - static_cast<double>(x[i]) * c));
-  }
 }
 
 void project_row(const void* g, const void* x, c10::ScalarType dtype, int64_t d, double rn,

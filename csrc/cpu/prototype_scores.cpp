@@ -46,6 +46,7 @@
 
 #include "../numeric.h"
 #include "../op_checks.h"
+#include "grain.h"
 #include "isa.h"
 #include "prototype_scores_kernels.h"
 
@@ -61,10 +62,6 @@ using at::Tensor;
 const Kernels& kernels() {
   static const Kernels& table = select_kernels(&kernels_avx512, &kernels_avx2, &kernels_default);
   return table;
-}
-
-int64_t row_grain(int64_t d) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(d, 1));
 }
 
 // The pass over e and p (typed pointer accessors check the dtypes).

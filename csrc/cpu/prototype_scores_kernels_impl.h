@@ -17,79 +17,16 @@
 
 #include "../numeric.h"
 #include "prototype_scores_kernels.h"
-#include "rows.h"  // row_as, out_or_buf, store_row
+#include "rows.h"  // row_as, out_or_buf, store_row, inverse_norm, project_normalized
 
 namespace seer_kernels::cpu::prototype_scores::CPU_CAPABILITY {
 namespace {
-
-template <typename acc_t>
-constexpr acc_t kEps = static_cast<acc_t>(1e-12);
-
-// Row loops are plain loops over kLanes independent partial sums, which GCC vectorizes
-// (for each ISA of above). ATen's Vectorized<float> would compile here to
-// its generic array fallback (the extension is built without CPU_CAPABILITY flags):
-// measured ~3x slower than these loops for the (16384, 256) normalization pass.
-constexpr int kLanes = 16;
-
-// <x, x> in the accumulation type.
-template <typename acc_t>
-acc_t sum_squares(const acc_t* x, int64_t n) {
-  acc_t part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) {
-      part[k] += x[i + k] * x[i + k];
-    }
-  }
-  acc_t s = 0;
-  for (int k = 0; k < kLanes; ++k) {
-    s += part[k];
-  }
-  for (; i < n; ++i) {
-    s += x[i] * x[i];
-  }
-  return s;
-}
 
 // out[i] = x[i] * s.
 template <typename acc_t>
 void scale(const acc_t* x, acc_t s, acc_t* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     out[i] = x[i] * s;
-  }
-}
-
-// ||x||^2 and <x, d> in fp64 (kLanes partial sums each): products of fp32
-// values are exact in fp64, so the projection below cancels exactly where d is parallel
-// to x (D = 1: the true gradient is 0; fp32 row scalars leave a few ulp of |d| rn).
-template <typename acc_t>
-std::pair<double, double> sumsq_and_dot_f64(const acc_t* x, const acc_t* d, int64_t n) {
-  double ss[kLanes] = {}, dot[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) {
-      const double xv = x[i + k];
-      ss[k] += xv * xv;
-      dot[k] += xv * static_cast<double>(d[i + k]);
-    }
-  }
-  double s = 0, t = 0;
-  for (int k = 0; k < kLanes; ++k) {
-    s += ss[k];
-    t += dot[k];
-  }
-  for (; i < n; ++i) {
-    s += static_cast<double>(x[i]) * x[i];
-    t += static_cast<double>(x[i]) * d[i];
-  }
-  return {s, t};
-}
-
-// out[i] = rn (d[i] - x[i] c), evaluated in fp64 and rounded once.
-template <typename acc_t>
-void project(const acc_t* d, const acc_t* x, double rn, double c, acc_t* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    out[i] = static_cast<acc_t>(rn * (static_cast<double>(d[i]) - static_cast<double>(x[i]) * c));
   }
 }
 
@@ -101,7 +38,7 @@ void normalize_row(const scalar_t* x, int64_t d, acc_type<scalar_t>& rn, gemm_ty
   using acc_t = acc_type<scalar_t>;
   const acc_t* xr = row_as<acc_t>(x, d, buf);
   if (compute_rn) {
-    rn = acc_t(1) / std::max(std::sqrt(sum_squares(xr, d)), kEps<acc_t>);
+    rn = inverse_norm(xr, d);
   }
   acc_t* out = out_or_buf(x_hat, buf + d);
   scale(xr, rn, out, d);
@@ -117,11 +54,8 @@ void project_row(const gemm_type<scalar_t>* d_y, const scalar_t* x, acc_type<sca
   using acc_t = acc_type<scalar_t>;
   const acc_t* xr = row_as<acc_t>(x, d, buf);
   const acc_t* dr = row_as<acc_t>(d_y, d, buf + d);
-  const auto [ss, dot] = sumsq_and_dot_f64(xr, dr, d);
-  // x_hat <x_hat, d_y> = x <x, d_y> / ||x||^2 (no rounding of rn^2); 0 where clamped.
-  const double c = std::sqrt(ss) >= 1e-12 ? dot / ss : 0.0;
   acc_t* out = out_or_buf(d_x, buf + 2 * d);
-  project(dr, xr, rn, c, out, d);
+  project_normalized(dr, xr, rn, out, d);
   store_row(out, d_x, d);
 }
 

@@ -341,6 +341,21 @@ float column_lse(const float* merged, int64_t padded, int64_t col) {
   return merged[col] + std::log(merged[padded + col]);
 }
 
+// Crop a's log_u[c] = sinkhorn_log_u(mode, lse_c, log_u[c], log_b, log_k) for every column
+// c, lse_c its logsumexp from the crop's merged statistics st (2, Kp); whether every lse_c
+// is finite.
+bool update_log_u(Crops& cr, int64_t a, SinkhornMerge mode, const float* st, float log_b,
+                  float log_k) {
+  float* log_u = cr.log_u_of(a);
+  bool finite = true;
+  for (int64_t c = 0; c < cr.cols; ++c) {
+    const float lse = column_lse(st, cr.padded, c);
+    finite = finite && std::isfinite(lse);
+    log_u[c] = sinkhorn_log_u(mode, lse, log_u[c], log_b, log_k);
+  }
+  return finite;
+}
+
 // A fresh fp32 output of the scores' shape: (B, K), or (A, B, K) for crops.
 at::Tensor empty_output(const Crops& cr) {
   return empty_codes(cr.count * cr.rows, cr.cols).view(cr.scores.sizes());
@@ -385,6 +400,10 @@ at::Tensor sinkhorn_codes_cpu(const at::Tensor& scores, const at::Tensor& log_u,
 void sinkhorn_exp_domain(Crops& cr, int64_t iterations, const Kernels& k, float* out) {
   const int64_t cols = cr.cols;
   const int64_t padded = cr.padded;
+  // fp32 constants, formed as the reference forms them: log_b = the fp32 log of the fp32 row
+  // count (torch.log(b_total)), log_k = the double log K rounded to fp32 (math.log(k)
+  // subtracted from an fp32 tensor). log_b may differ from the reference's in the last bit:
+  // torch.log's CPU kernel and std::log do not always round alike (B = 7: one ulp apart).
   const float log_b = std::log(float(cr.rows));
   const float log_k = float(std::log(double(cols)));
   const Chunks ch(cr.rows);
@@ -404,13 +423,8 @@ void sinkhorn_exp_domain(Crops& cr, int64_t iterations, const Kernels& k, float*
   {
     const at::Tensor stats = merge_chunks(partial, padded, k);
     for (int64_t a = 0; a < cr.count; ++a) {
-      const float* st = stats.data_ptr<float>() + a * 2 * padded;
-      float* log_u = cr.log_u_of(a);
-      for (int64_t c = 0; c < cols; ++c) {
-        const float lse = column_lse(st, padded, c);
-        finite[a] = finite[a] && std::isfinite(lse);
-        log_u[c] = sinkhorn_log_u(SinkhornMerge::kFirst, lse, log_u[c], log_b, log_k);
-      }
+      finite[a] = update_log_u(cr, a, SinkhornMerge::kFirst,
+                               stats.data_ptr<float>() + a * 2 * padded, log_b, log_k);
     }
   }
   // Rows whose r_b falls below K * 2^-100 take the log-domain path: elsewhere each of the
@@ -447,14 +461,9 @@ void sinkhorn_exp_domain(Crops& cr, int64_t iterations, const Kernels& k, float*
   scratch = at::Tensor();
   for (int64_t a = 0; a < cr.count; ++a) {
     if (finite[a]) continue;
-    float* log_u = cr.log_u_of(a);
     for (int64_t t = 1; t < iterations; ++t) {
       const at::Tensor stats = colstats_padded(cr, a, 1, /*normalize_rows=*/true, k);
-      const float* st = stats.data_ptr<float>();
-      for (int64_t c = 0; c < cols; ++c) {
-        log_u[c] = sinkhorn_log_u(SinkhornMerge::kUpdate, column_lse(st, padded, c), log_u[c],
-                                  log_b, log_k);
-      }
+      update_log_u(cr, a, SinkhornMerge::kUpdate, stats.data_ptr<float>(), log_b, log_k);
     }
     codes(cr, a, 1, /*normalize_rows=*/true, k, 1.f, out);
   }

@@ -325,13 +325,29 @@ inline void write_row_streaming(float* dst, const float* buf, int64_t cols, floa
   if (j < cols) (Vec::loadu(buf + j) * vs).store(dst + j, cols - j);
 }
 
+// dst[0:n] = src[0:n] * scale (fp32), with non-temporal stores when `stream`.
+inline void write_row(float* dst, const float* src, int64_t n, float scale, bool stream) {
+  if (stream) {
+    write_row_streaming(dst, src, n, scale);
+    return;
+  }
+  const Vec vs(scale);
+  int64_t j = 0;
+  for (; j + kWidth <= n; j += kWidth) (Vec::loadu(src + j) * vs).store(dst + j);
+  if (j < n) (Vec::loadu(src + j) * vs).store(dst + j, n - j);
+}
+
+// Whether the (B, K) fp32 output of a pass (the codes, or E) is written with non-temporal
+// stores: it is at least kStreamBytes.
+inline bool streams(const Problem& p) {
+  return p.rows * p.cols * int64_t(sizeof(float)) >= kStreamBytes;
+}
+
 template <typename T>
 void codes_rows_typed(const Problem& p, int64_t row0, int64_t rows, bool normalize_rows,
                       float plain_scale, float* buf, float* out) {
   const T* base = static_cast<const T*>(p.scores) + row0 * p.cols;
-  const int64_t full = p.cols / kWidth * kWidth;
-  const int64_t tail = p.cols - full;
-  const bool stream = p.rows * p.cols * int64_t(sizeof(float)) >= kStreamBytes;
+  const bool stream = streams(p);
   for (int64_t r = 0; r < rows; ++r) {
     float* dst = out + (row0 + r) * p.cols;
     const float m = load_row(p, base + r * p.cols, buf);
@@ -342,13 +358,7 @@ void codes_rows_typed(const Problem& p, int64_t row0, int64_t rows, bool normali
     } else {
       for (int64_t j = 0; j < p.padded; j += kWidth) exp_(Vec::loadu(buf + j)).store(buf + j);
     }
-    if (stream) {
-      write_row_streaming(dst, buf, p.cols, scale);
-    } else {
-      const Vec vs(scale);
-      for (int64_t j = 0; j < full; j += kWidth) (Vec::loadu(buf + j) * vs).store(dst + j);
-      if (tail > 0) (Vec::loadu(buf + full) * vs).store(dst + full, tail);
-    }
+    write_row(dst, buf, p.cols, scale, stream);
   }
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if (stream) _mm_sfence();  // order the non-temporal stores before the threads join
@@ -356,17 +366,6 @@ void codes_rows_typed(const Problem& p, int64_t row0, int64_t rows, bool normali
 }
 
 // ------------------------------------------------------------------------ exp domain
-
-// dst[0:n] = src[0:n] (fp32), with non-temporal stores when `stream`.
-inline void write_row(float* dst, const float* src, int64_t n, bool stream) {
-  if (stream) {
-    write_row_streaming(dst, src, n, 1.f);
-    return;
-  }
-  int64_t j = 0;
-  for (; j + kWidth <= n; j += kWidth) Vec::loadu(src + j).store(dst + j);
-  if (j < n) Vec::loadu(src + j).store(dst + j, n - j);
-}
 
 // Pass 0 of one chunk. Two sweeps over its rows: the column max of the raw scores (a
 // correctly rounded division by eps > 0 is monotone, so the max of L is the max of x
@@ -395,7 +394,7 @@ void exp_first_rows_typed(const Problem& p, int64_t row0, int64_t rows, float* b
   for (int64_t j = 0; j < padded; j += kWidth) {
     finite_or_zero(divide(Vec::loadu(shift + j))).store(shift + j);
   }
-  const bool stream = p.rows * cols * int64_t(sizeof(float)) >= kStreamBytes;
+  const bool stream = streams(p);
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = base + r * cols;
     for (int64_t j = 0; j < padded; j += kWidth) {
@@ -405,7 +404,7 @@ void exp_first_rows_typed(const Problem& p, int64_t row0, int64_t rows, float* b
       v.store(buf + j);
       (Vec::loadu(sum + j) + v).store(sum + j);
     }
-    write_row(e + (row0 + r) * cols, buf, cols, stream);
+    write_row(e + (row0 + r) * cols, buf, cols, 1.f, stream);
   }
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if (stream) _mm_sfence();  // order the non-temporal stores before the threads join

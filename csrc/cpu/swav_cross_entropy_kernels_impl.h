@@ -26,7 +26,7 @@
 #include <limits>
 #include <vector>
 
-#include "rows.h"  // row_as, convert_row, lane_sum
+#include "rows.h"  // row_as, convert_row, lane_sum, lane_max, load_part, target_at
 #include "swav_cross_entropy_kernels.h"
 
 namespace seer_kernels::cpu::swav_cross_entropy::CPU_CAPABILITY {
@@ -69,16 +69,6 @@ void write_row(const acc_t* src, void* base, c10::ScalarType dtype, int64_t row,
   }
 }
 
-// Horizontal max in a fixed lane order (lane_sum is in rows.h).
-template <typename acc_t>
-acc_t lane_max(const Vectorized<acc_t>& v) {
-  acc_t lanes[Vectorized<acc_t>::size()];
-  v.store(lanes);
-  acc_t m = lanes[0];
-  for (acc_t x : lanes) m = std::max(m, x);
-  return m;
-}
-
 // r = sum_k x[k]; two accumulators so consecutive adds do not wait on each other.
 template <typename acc_t>
 acc_t row_sum(const acc_t* x, int64_t n) {
@@ -92,17 +82,6 @@ acc_t row_sum(const acc_t* x, int64_t n) {
   }
   for (; k < n; k += w) s0 = s0 + Vec::loadu(x + k, std::min(w, n - k));  // zero padded
   return lane_sum(s0 + s1);
-}
-
-// C_v at k..k+count: the sum of the code rows of the other crops (zero padded).
-template <typename acc_t>
-Vectorized<acc_t> target_at(const acc_t* const* others, int64_t n_others, int64_t k,
-                            int64_t count) {
-  using Vec = Vectorized<acc_t>;
-  Vec c(acc_t(0));
-  for (int64_t j = 0; j < n_others; ++j)
-    c = c + (count == Vec::size() ? Vec::loadu(others[j] + k) : Vec::loadu(others[j] + k, count));
-  return c;
 }
 
 struct RowStats {
@@ -132,7 +111,7 @@ RowStats row_stats(const acc_t* x, const acc_t* const* others, int64_t n_others,
   Vec vs(acc_t(0)), vd(acc_t(0));
   for (k = 0; k < n; k += w) {
     const int64_t count = std::min(w, n - k);
-    const Vec gap = vm - (count == w ? Vec::loadu(x + k) : Vec::loadu(x + k, count));
+    const Vec gap = vm - load_part(x + k, count);
     const Vec e = (gap * inv_t).neg().exp();
     vs = vs + (count == w ? e : Vec::set(zero, e, count));
     vd = at::vec::fmadd(target_at(others, n_others, k, count), gap, vd);  // padded C is 0
@@ -208,7 +187,7 @@ void grad_row(const acc_t* x, const acc_t* const* others, int64_t n_others, int6
       vs(static_cast<acc_t>(scale));
   for (int64_t k = 0; k < n; k += w) {
     const int64_t count = std::min(w, n - k);
-    const Vec xv = count == w ? Vec::loadu(x + k) : Vec::loadu(x + k, count);
+    const Vec xv = load_part(x + k, count);
     const Vec p = (((xv - l_hi) - l_lo) * inv_t).exp();
     const Vec g = at::vec::fmsub(vr, p, target_at(others, n_others, k, count)) * vs;
     if (count == w)
