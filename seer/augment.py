@@ -163,14 +163,18 @@ def color_jitter(
             x = op(x, factor)
         return x
     # The samples that share an order go through its four adjustments together: one
-    # gather and one scatter of the batch in all, at most 24 groups.
-    order = order.to(x.device)
-    codes = order @ torch.tensor([64, 16, 4, 1], device=order.device)
+    # gather and one scatter of the batch in all, at most 24 groups. The grouping runs on
+    # the CPU, whatever x's device: CUDA has no int64 matmul, and reading the groups off
+    # a GPU tensor would wait for the device once per group.
+    order = order.cpu()
+    codes = (order * torch.tensor([64, 16, 4, 1])).sum(1)
     out = torch.empty_like(x)
     for code in codes.unique().tolist():
         rows = (codes == code).nonzero().flatten()
+        steps = order[rows[0]].tolist()
+        rows = rows.to(x.device)
         y = x[rows]
-        for k in order[rows[0]].tolist():
+        for k in steps:
             y = _JITTER_OPS[k](y, factors[k][rows])
         out[rows] = y
     return out
@@ -243,8 +247,10 @@ class MultiCrop:
 # ------------------------------------------------------------------------ recipes
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-# The embedded digits at 32 px (configs/default.yaml).
-DIGITS_MEAN, DIGITS_STD = [0.305] * 3, [0.324] * 3
+# The digits recipe is AugmentConfig's defaults (configs/default.yaml): the embedded
+# digits' statistics at 32 px and their geometry and colour settings.
+_DIGITS = AugmentConfig()
+DIGITS_MEAN, DIGITS_STD = _DIGITS.mean, _DIGITS.std
 # SwAV's photo recipe (Caron et al. 2020, src/multicropdataset.py; SEER's VISSL configs):
 # the settings beside the crop counts, sizes and scales.
 PHOTO_RECIPE = dict(
@@ -260,16 +266,10 @@ PHOTO_RECIPE = dict(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
 )
-_DIGITS = AugmentConfig()
-DIGITS_RECIPE = dict(
-    flip=_DIGITS.flip,
-    color_jitter=_DIGITS.color_jitter,
-    grayscale=_DIGITS.grayscale,
-    blur=_DIGITS.blur,
-    rotation=_DIGITS.rotation,
-    shear=_DIGITS.shear,
-    translate=_DIGITS.translate,
-)
+DIGITS_RECIPE = {
+    k: getattr(_DIGITS, k)
+    for k in ("flip", "color_jitter", "grayscale", "blur", "rotation", "shear", "translate")
+}
 
 
 def _matches(cfg: AugmentConfig, recipe: dict) -> bool:

@@ -132,15 +132,18 @@ class SmallImageNote:
 
 
 class SkipLog:
-    """Names the skipped samples and rate-limits the warnings about them (per process)."""
+    """Counts the skipped samples and rate-limits the warnings about them (per process);
+    with `keep_names`, `names` lists them for a caller that reads them."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_names: bool = True) -> None:
         self.count = 0
+        self.keep_names = keep_names
         self.names: list[str] = []
 
     def skip(self, what: str, reason: str, kind: str = "unreadable image") -> None:
         self.count += 1
-        self.names.append(what)
+        if self.keep_names:
+            self.names.append(what)
         if self.count <= _WARN_FIRST or self.count % _WARN_EVERY == 0:
             more = f" (skipped {self.count} so far in this process)" if self.count >= _WARN_FIRST else ""
             warnings.warn(f"skipping {kind} {what}: {reason}{more}", stacklevel=2)
@@ -274,7 +277,9 @@ class FolderDataset(torch.utils.data.Dataset):
 
     def __init__(self, files: list[str], size: int, max_failures: int, crop_size: int = 0) -> None:
         self.files, self.size, self.max_failures, self.crop_size = files, size, max_failures, crop_size
-        self.log = SkipLog()
+        # The names go out with each item; kept here too, they would only grow, by every
+        # unreadable file each epoch (without workers, for the whole run).
+        self.log = SkipLog(keep_names=False)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -327,10 +332,6 @@ class FolderSource:
         skipped = f", {n} {'entry' if n == 1 else 'entries'} skipped while listing" if n else ""
         self.description = f"folder {cfg.path} ({len(self.files)} files{skipped}, {cfg.image_size} px)"
         self._probe()
-
-    @property
-    def listing_skips(self) -> int:
-        return len(self.listing_skipped)
 
     def _probe(self) -> None:
         """A folder whose first files (in listing order, up to data.max_consecutive_failures)

@@ -345,7 +345,7 @@ def test_unreadable_files_and_directories_are_skipped_and_counted(tmp_path, deny
         source = FolderSource(cfg, batch=7, shard=Shard(), seed=0)
         batches = list(source.epoch(0, 0))
     # The locked directory is skipped while listing; the two files fail when read.
-    assert len(source) == 14 and source.listing_skips == 1 and "1 entry skipped" in source.description
+    assert len(source) == 14 and len(source.listing_skipped) == 1 and "1 entry skipped" in source.description
     assert len(batches) == 2 and all(x.shape == (7, 3, 8, 8) for x, _ in batches)
     assert sorted(n for _, names in batches for n in names) == sorted(
         [str(root / "03.png"), str(root / "09.png"), str(root / "locked")]
