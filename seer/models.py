@@ -11,6 +11,7 @@ and stage-level gradient checkpointing); nothing here re-implements a RegNet.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -134,8 +135,9 @@ def fused_head(head: str, backend: str, device: torch.device) -> bool:
         return head == "fused"
     from seer_kernels import _backend, _registry
 
-    if backend and backend not in _registry.op("prototype_cross_entropy").backends:
-        return False
+    requested = backend or os.environ.get(_backend.ENV_VAR, "")
+    if requested and requested not in _registry.op("prototype_cross_entropy").backends:
+        return False  # a backend the fused head has no kernel for: the composed head
     return _backend.resolve(backend or None, device, "prototype_cross_entropy") != "reference"
 
 

@@ -152,19 +152,22 @@ def check_arch(cfg: Config) -> None:
     raise ConfigError(f"model.arch {cfg.model.arch!r} is not a timm model{hint}")
 
 
-def check_backend(cfg: Config, device: torch.device) -> None:
-    """swav.backend (or SEER_KERNELS_BACKEND when it is unset) runs every op on `device`;
-    otherwise the first step would fail, after the run folder was written."""
+def check_backend(cfg: Config, device: torch.device, fused: bool) -> None:
+    """swav.backend (or SEER_KERNELS_BACKEND when it is unset) runs every op the run's head
+    calls on `device` (the fused head's prototype_cross_entropy, or the composed head's
+    swav_cross_entropy); otherwise the first step would fail, after the run folder was
+    written."""
     from seer_kernels import _backend, _registry
 
     key, value = "swav.backend", cfg.swav.backend
     if not value:
-        key, value = "SEER_KERNELS_BACKEND", os.environ.get("SEER_KERNELS_BACKEND", "")
+        key, value = _backend.ENV_VAR, os.environ.get(_backend.ENV_VAR, "")
         if not value:
             return
-    for op in _registry.OPS:
+    unused = "swav_cross_entropy" if fused else "prototype_cross_entropy"
+    for op in (op for op in _registry.OPS if op != unused):
         try:
-            _backend.resolve(cfg.swav.backend or None, device, op)
+            _backend.resolve(value, device, op)  # `key` names where the value came from
         except (ValueError, RuntimeError) as exc:
             raise ConfigError(f"{key}={value!r} cannot run this run's ops on {device.type}: {exc}") from None
 
@@ -222,7 +225,8 @@ class Trainer:
             raise ConfigError("train.precision=fp16 is not supported with distributed=fsdp; use bf16")
         if cfg.optimizer.sharded and self.info.mode == "fsdp":
             raise ConfigError("optimizer.sharded=true is for DDP; FSDP already shards the optimizer state")
-        check_backend(cfg, self.device)
+        self.fused_head = fused_head(cfg.swav.head, cfg.swav.backend, self.device)
+        check_backend(cfg, self.device, self.fused_head)
         self.run_dir = Path(cfg.run_dir)
         # Which checkpoint this session continues, if any, is settled before anything is
         # built or written (run_dir is created by fit, when training starts).
@@ -564,7 +568,7 @@ class Trainer:
             process_group="world" if self.info.world > 1 else None,
             backend=cfg.backend or None,
         )
-        if fused_head(cfg.head, cfg.backend, self.device):
+        if self.fused_head:
             v = self.n_crops
             head = functools.partial(
                 swav_prototype_loss,
@@ -665,12 +669,10 @@ class Trainer:
         clock.start()
         try:
             while self.step < stop:
-                epoch, first = self.epoch, self.batch_in_epoch
-                batches = self.source.epoch(epoch, first)
+                epoch = self.epoch
+                batches = self.source.epoch(epoch, self.batch_in_epoch)
                 timer.start()
-                produced = 0
                 for images, skipped in batches:
-                    produced += 1
                     self._new_skips.update(skipped)
                     want_stats = (self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == stop
                     out = self.train_step(images, timer, want_stats)
@@ -696,13 +698,6 @@ class Trainer:
                     if self.step >= stop or self.epoch != epoch:
                         break
                     timer.start()
-                if not produced:
-                    # Every pass of this loop trains at least one step or ends the run: a
-                    # source with nothing from this position would otherwise spin forever.
-                    raise RuntimeError(
-                        f"{self.source.description} gave no batch for epoch {epoch} from batch {first} "
-                        f"(of {self.steps_per_epoch} per epoch)"
-                    )
         finally:
             bar.close()
             log.close()

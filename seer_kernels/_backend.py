@@ -71,10 +71,10 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _triton_device_types() -> tuple[str, ...]:
-    """Device types the Triton kernels run on here: CUDA where a GPU is, the CPU under
-    TRITON_INTERPRET=1 (the launch audit widens it to trace CPU-typed fake tensors)."""
-    return (("cuda",) if _cuda_available() else ()) + (("cpu",) if triton_interpreted() else ())
+def _triton_on_cpu() -> bool:
+    """Whether the Triton kernels run on CPU tensors: under TRITON_INTERPRET=1 (the launch
+    audit replaces it to trace CPU-typed fake tensors)."""
+    return triton_interpreted()
 
 
 def _declared(name: str, op: str) -> bool:
@@ -92,7 +92,9 @@ def _usable(name: str, device_type: str, op: str = "") -> bool:
     if name == "cuda":
         return device_type == "cuda" and _C_HAS_CUDA and _cuda_available()
     if name == "triton":
-        return _HAS_TRITON and device_type in _triton_device_types()
+        return _HAS_TRITON and (
+            _cuda_available() if device_type == "cuda" else device_type == "cpu" and _triton_on_cpu()
+        )
     return False
 
 

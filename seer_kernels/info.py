@@ -63,7 +63,11 @@ def override() -> str:
     devices = [d for d in ("cpu", "cuda") if value in _backend.available_backends(d)]
     if not devices:
         return f"{value!r}: NOT USABLE on this machine, every call without backend= raises RuntimeError"
-    return f"{value!r}: calls without backend= run {value} (usable for {' and '.join(devices)} tensors here)"
+    line = f"{value!r}: calls without backend= run {value} (usable for {' and '.join(devices)} tensors here)"
+    missing = [op for op in _registry.OPS if value not in _registry.op(op).backends]
+    if missing:
+        line += f"; {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no {value} kernel: those calls raise RuntimeError"
+    return line
 
 
 def main() -> None:

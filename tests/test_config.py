@@ -266,6 +266,33 @@ def test_a_backend_the_device_cannot_run_is_one_line(tmp_path, capsys, monkeypat
     assert "SEER_KERNELS_BACKEND='cuda' cannot run this run's ops on cpu" in line
 
 
+def test_the_backend_check_covers_the_ops_of_the_head_that_runs(monkeypatch):
+    """swav.backend=cuda has no prototype_cross_entropy kernel: the composed head (the one
+    `auto` picks there) runs with it, and only a fused head is refused. The GPU is pretended."""
+    from seer.models import fused_head
+    from seer.train import check_backend
+    from seer_kernels import _backend
+
+    usable = _backend._usable
+    monkeypatch.setattr(_backend, "_usable", lambda name, dt, op="": usable(name, "cpu" if dt == "cuda" else dt, op) or (name == "cuda" and _backend._declared(name, op)))  # fmt: skip
+    cuda = torch.device("cuda")
+    cfg = load_config(None, ["swav.backend=cuda"])
+    assert not fused_head("auto", "cuda", cuda)
+    check_backend(cfg, cuda, fused=False)
+    with pytest.raises(
+        ConfigError, match="swav.backend='cuda' cannot run .* no kernel for prototype_cross_entropy"
+    ):
+        check_backend(cfg, cuda, fused=True)
+    monkeypatch.setenv("SEER_KERNELS_BACKEND", "cuda")
+    cfg = load_config(None, [])
+    assert not fused_head("auto", "", cuda)
+    check_backend(cfg, cuda, fused=False)
+    with pytest.raises(
+        ConfigError, match="SEER_KERNELS_BACKEND='cuda' cannot run .* prototype_cross_entropy"
+    ):
+        check_backend(cfg, cuda, fused=True)
+
+
 def test_a_folder_without_a_readable_image_is_one_line(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     for i in range(3):
@@ -294,6 +321,14 @@ def test_backend_variable_is_named_in_its_error_and_reported_by_info(monkeypatch
     assert any(line.startswith("cpu  backends") and "(default: " in line for line in lines)
     monkeypatch.setenv("SEER_KERNELS_BACKEND", "reference")
     assert any("'reference': calls without backend= run reference" in line for line in info.report())
+    # A usable backend some op has no kernel for says which calls raise (the GPU pretended).
+    available = info._backend.available_backends
+    monkeypatch.setattr(info._backend, "available_backends", lambda d, op="": [*available(d, op), "cuda"])
+    monkeypatch.setenv("SEER_KERNELS_BACKEND", "cuda")
+    assert info.override().endswith(
+        "prototype_cross_entropy has no cuda kernel: those calls raise RuntimeError"
+    )
+    monkeypatch.setattr(info._backend, "available_backends", available)
     monkeypatch.delenv("SEER_KERNELS_BACKEND")
     assert any(line.startswith("SEER_KERNELS_BACKEND") and "unset" in line for line in info.report())
     # The command itself, as a user runs it.
