@@ -5,9 +5,14 @@ Registers nothing; imports only torch and triton.
 
 from __future__ import annotations
 
+import math
+import struct
+
 import torch
 import triton
 import triton.language as tl
+
+NORMALIZE_EPS = 1e-12  # F.normalize's default eps: the reference's semantics
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -111,6 +116,20 @@ def project_rows(d, x, rn, ss, dot, EPS: tl.constexpr):
 # --------------------------------------------------------------------- launch helpers
 
 
+def host_fp32(x: float) -> float:
+    """x rounded to fp32 on the host, without a tensor (no device work, no sync; a fake
+    tensor under FakeTensorMode would have no value): inf past fp32's range."""
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+def loss_norm(v: int, a: int, b: int) -> float:
+    """The SwAV loss's normalization A (V - 1) B: mean over a, over v != a, over b."""
+    return float(a * (v - 1) * b)
+
+
 def pow2(n: int, lo: int, hi: int) -> int:
     """The power of two >= n, clamped to [lo, hi] (a block size)."""
     return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
@@ -143,14 +162,22 @@ def target_programs(device: torch.device, interpreted: int) -> int:
     return interpreted if props is None else 2 * props.multi_processor_count
 
 
-def programs_per_sm(registers: int, shared_bytes: int, warps: int) -> int:
-    """Programs of `warps` warps that one Hopper SM holds at once (sm_90: 64K 32-bit
-    registers allocated per warp in units of 256, 64 warps, 32 blocks, 227 KiB of shared
-    memory per block and 228 KiB per SM): the bound of a cooperative grid per SM."""
+# One Hopper SM (sm_90): 64K 32-bit registers, 64 warps (2048 threads), 228 KiB of shared
+# memory; what programs_per_sm assumes for a GPU whose properties it is not given.
+SM90_SM = {"regs_per_multiprocessor": 65536, "max_threads_per_multi_processor": 2048,
+           "shared_memory_per_multiprocessor": 228 * 1024}  # fmt: skip
+
+
+def programs_per_sm(registers: int, shared_bytes: int, warps: int, props=None) -> int:
+    """Programs of `warps` warps that one SM holds at once, the bound of a cooperative grid
+    per SM: registers allocated per warp in units of 256, at most 32 blocks, and the SM's
+    registers, threads and shared memory from `props` (torch's device properties), or an
+    sm_90 SM's (SM90_SM) without them."""
+    sm = {key: getattr(props, key, value) for key, value in SM90_SM.items()}
     per_warp = -(-max(registers, 1) * 32 // 256) * 256
-    by_registers = (65536 // per_warp) // warps
-    by_warps = 64 // warps
-    by_shared = (228 * 1024) // shared_bytes if shared_bytes else 32
+    by_registers = (sm["regs_per_multiprocessor"] // per_warp) // warps
+    by_warps = sm["max_threads_per_multi_processor"] // 32 // warps
+    by_shared = sm["shared_memory_per_multiprocessor"] // shared_bytes if shared_bytes else 32
     return min(by_registers, by_warps, by_shared, 32)
 
 

@@ -34,17 +34,14 @@ no host sync).
 
 from __future__ import annotations
 
-import struct
-
 import torch
 import triton
 import triton.language as tl
 
 from seer_kernels._dtypes import accumulation_dtype
 from seer_kernels._interpreter import wrap_triton
-from seer_kernels.triton._common import dot_precision, inverse_norm, pow2
-
-EPS = 1e-12  # F.normalize's eps, the reference's semantics
+from seer_kernels.triton._common import NORMALIZE_EPS as EPS
+from seer_kernels.triton._common import dot_precision, host_fp32, inverse_norm, loss_norm, pow2
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -287,10 +284,8 @@ def _common(embeddings, prototypes, codes, temperature, normalize):
     v, b, d = embeddings.shape
     a = codes.shape[0]
     inv_t = 1.0 / temperature
-    # 1/T rounded to fp32 on the host without a tensor (no device work, no sync; a fake
-    # tensor under FakeTensorMode would have no value).
-    inv_t_hi = struct.unpack("f", struct.pack("f", inv_t))[0]
-    norm = float(a * (v - 1) * b)
+    inv_t_hi = host_fp32(inv_t)
+    norm = loss_norm(v, a, b)
     args = (
         v * b, b, prototypes.shape[0], d,
         *embeddings.stride(), *prototypes.stride(), *codes.stride(),

@@ -34,6 +34,7 @@ import triton.language as tl
 
 from seer_kernels._dtypes import accumulation_dtype
 from seer_kernels._interpreter import wrap_triton
+from seer_kernels.triton._common import NORMALIZE_EPS as EPS
 from seer_kernels.triton._common import (
     dot_precision,
     inverse_norm,
@@ -42,8 +43,6 @@ from seer_kernels.triton._common import (
     row_sums_f64,
     target_programs,
 )
-
-EPS = 1e-12  # F.normalize's default eps; the reference's semantics
 
 # ----------------------------------------------------------------------------- kernels
 

@@ -12,16 +12,13 @@ FLOPs: ~ V B K (A + 5) each way plus one exp per score element.
 
 from __future__ import annotations
 
-import math
-import struct
-
 import torch
 import triton
 import triton.language as tl
 
 from seer_kernels._dtypes import accumulation_dtype
 from seer_kernels._interpreter import wrap_triton
-from seer_kernels.triton._common import pow2
+from seer_kernels.triton._common import host_fp32, loss_norm, pow2
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -117,19 +114,6 @@ def _xent_bwd_kernel(
 # --------------------------------------------------------------------------- launchers
 
 
-def _norm(v: int, a: int, b: int) -> float:
-    """The loss's normalization A (V - 1) B: mean over a, over v != a, over b."""
-    return float(a * (v - 1) * b)
-
-
-def _fp32(x: float) -> float:
-    """x rounded to fp32, on the host (no tensor): inf past fp32's range."""
-    try:
-        return struct.unpack("f", struct.pack("f", x))[0]
-    except OverflowError:
-        return math.copysign(math.inf, x)
-
-
 def _meta(scores: torch.Tensor, a: int, temperature: float) -> dict:
     """Kernel constants: all crops of a sample in one (VP, BK) tile of ~4k elements; 1/T
     as an fp32 value plus its fp32 remainder (Triton passes Python floats as fp32, the
@@ -138,7 +122,7 @@ def _meta(scores: torch.Tensor, a: int, temperature: float) -> dict:
     vp = triton.next_power_of_2(v)
     bk = pow2(k, 1, max(16, 4096 // vp))
     inv_t = 1.0 / temperature
-    inv_t_hi = _fp32(inv_t)
+    inv_t_hi = host_fp32(inv_t)
     f64 = accumulation_dtype(scores.dtype) == torch.float64
     return {
         "inv_t": inv_t_hi, "inv_t_lo": inv_t - inv_t_hi,
@@ -154,7 +138,7 @@ def _launch_forward(scores, codes, temperature):
     wrap_triton(_xent_fwd_kernel)[(b,)](
         scores, codes, lse, partial, v, a, b, k, **_meta(scores, a, temperature)
     )
-    return (partial.sum() / _norm(v, a, b)).to(accumulation_dtype(scores.dtype)), lse
+    return (partial.sum() / loss_norm(v, a, b)).to(accumulation_dtype(scores.dtype)), lse
 
 
 def _launch_backward(grad_loss, scores, codes, lse, temperature):
