@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import audit
+from seer_kernels._interpreter import triton_interpreted
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TABLE = RESULTS / "triton-resources-sm90"
@@ -35,7 +35,7 @@ SMS = audit.SMS
 
 # Beyond the audited shapes, one per row-tile class the launchers have: a short row
 # (512-column tile) and the widest row held whole (8192-column tile).
-EXTRA_SINKHORN_SHAPES = [(256, 300, 3), (512, 6000, 3)]
+EXTRA_SINKHORN_SHAPES = [((256, 300), 3), ((512, 6000), 3)]
 
 
 def _building_blocks(normalize: bool):
@@ -69,18 +69,9 @@ def cases() -> list[tuple[str, object, tuple, torch.dtype]]:
     """(name, fn, shapes, dtype) of every call whose launches are compiled."""
     out = []
     for path in ("passes", "onchip"):
-        for b, k, t in audit.SINKHORN_SHAPES + EXTRA_SINKHORN_SHAPES:
-            out.append(
-                (f"sinkhorn {path} {b}x{k} T={t}", audit._sinkhorn_case(path, t), ((b, k),), torch.float32)
-            )
-        out.append(
-            (
-                f"sinkhorn {path} 2x256x3000 T=3",
-                audit._sinkhorn_case(path, 3),
-                ((2, 256, 3000),),
-                torch.float32,
-            )
-        )
+        for shape, t in audit.SINKHORN_SHAPES + EXTRA_SINKHORN_SHAPES:
+            name = f"sinkhorn {path} {'x'.join(map(str, shape))} T={t}"
+            out.append((name, audit._sinkhorn_case(path, t), (shape,), torch.float32))
     for b, k in ((256, 3000), (512, 6000), (16384, 16384)):
         for normalize in (False, True):
             name = f"sinkhorn building blocks {b}x{k} normalize={normalize}"
@@ -96,11 +87,11 @@ def cases() -> list[tuple[str, object, tuple, torch.dtype]]:
 def _config_key(launch: audit.Launch) -> tuple:
     """What the compiled code depends on: constexprs, warps, tensor dtypes and Triton's
     integer specializations (== 1, multiple of 16)."""
-    parts = []
+    parts, consts = [], constexprs(launch)
     for name, value in sorted(launch.args.items()):
         if isinstance(value, torch.Tensor):
             parts.append((name, str(value.dtype)))
-        elif isinstance(value, bool) or name in constexprs(launch):
+        elif isinstance(value, bool) or name in consts:
             parts.append((name, value))
         elif isinstance(value, int):
             parts.append((name, "1" if value == 1 else "16k" if value % 16 == 0 else "int"))
@@ -152,7 +143,6 @@ def constexprs(launch: audit.Launch) -> dict:
 
 def compile_launch(launch: audit.Launch) -> dict:
     """Compile one recorded launch for sm_90 and read its resources."""
-    from benchmarks.audit import fake_driver
     from seer_kernels.triton import _common
 
     fn = _kernel(launch.kernel)
@@ -162,7 +152,7 @@ def compile_launch(launch: audit.Launch) -> dict:
         name: torch.empty(16, dtype=value.dtype) if isinstance(value, torch.Tensor) else value
         for name, value in launch.args.items()
     }
-    with fake_driver():
+    with audit.fake_driver():
         compiled = fn.warmup(**args, grid=(1,), num_warps=launch.num_warps, num_stages=launch.num_stages)
     res = _ptxas(compiled.asm["ptx"])
     shared = int(compiled.metadata.shared) + res["static_smem"]
@@ -217,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail on spills or a stale committed table")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if triton_interpreted():
         print("benchmarks.triton_resources: unset TRITON_INTERPRET", file=sys.stderr)
         return 2
     rows = table()

@@ -18,27 +18,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from processes import run_uninterpreted
 
 pytest.importorskip("triton")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def report() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks.audit", "--json"],
-        capture_output=True, text=True, timeout=900, env=env, cwd=ROOT,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    return json.loads(res.stdout)
+    return json.loads(run_uninterpreted("-m", "benchmarks.audit", "--json", timeout=900).stdout)
 
 
 def test_every_issue_shape_is_audited(report):

@@ -9,17 +9,12 @@ way breaks only under torch.compile on a GPU.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+from processes import run_uninterpreted
 
 from seer_kernels import _registry
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # Representative compile-time constants per kernel (the launchers pick among such values).
 CONSTEXPRS = {
@@ -122,15 +117,10 @@ def test_every_triton_kernel_compiles_for_sm90(float_type):
     pytest.importorskip("triton")
     import json
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     # The Triton module of every declared op that has a Triton backend.
     modules = [name for name, spec in _registry.OPS.items() if "triton" in spec.backends]
     args = json.dumps([CONSTEXPRS, sorted(FLOATS), sorted(INTS), POINTERS, float_type, modules])
-    res = subprocess.run(
-        [sys.executable, "-c", SCRIPT, args], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT
-    )
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    res = run_uninterpreted("-c", SCRIPT, args, timeout=600)
     assert res.stdout.count("compiled") == len(CONSTEXPRS), res.stdout
 
 
@@ -140,10 +130,24 @@ def test_no_kernel_spills_at_the_launch_configurations():
     (benchmarks/results/triton-resources-sm90.md, `python -m benchmarks.triton_resources`)
     is what the kernels compile to now."""
     pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks.triton_resources", "--check"],
-        capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_uninterpreted("-m", "benchmarks.triton_resources", "--check", timeout=1200)
+
+
+def test_programs_per_sm_follows_the_gpu():
+    """The cooperative grid's bound per SM: sm_90's limits without properties, the
+    device's own registers, threads and shared memory with them."""
+    pytest.importorskip("triton")
+    from types import SimpleNamespace
+
+    from seer_kernels.triton._common import programs_per_sm
+
+    assert programs_per_sm(128, 0, 4) == 4  # 64K registers / (128 x 128 threads)
+    assert programs_per_sm(32, 0, 4) == 16  # 64 warps / 4
+    assert programs_per_sm(32, 100 * 1024, 4) == 2  # 228 KiB / 100 KiB
+    smaller = SimpleNamespace(
+        regs_per_multiprocessor=65536,
+        max_threads_per_multi_processor=1536,
+        shared_memory_per_multiprocessor=100 * 1024,
+    )
+    assert programs_per_sm(32, 0, 4, smaller) == 12  # 48 warps / 4
+    assert programs_per_sm(32, 40 * 1024, 4, smaller) == 2

@@ -25,7 +25,8 @@ barrier would wait forever, so the tests run the same phase bodies through `pipe
 
 Bytes per pass, (B, K) scores of s bytes: each pass reads B*K*s (from L2 when it fits);
 pass t also reads and writes a few K-vectors per program (log_u and the accumulator:
-8 bytes per column per program for the atomics); the codes phase writes B*K*4. A whole row
+8 bytes per column per program for the atomics); the codes phase builds each crop's log_u
+once per program (per row block for rows wider than 8192) and writes B*K*4. A whole row
 tile (K <= 8192) stays in registers, so each pass reads the scores once; wider rows take
 a second, cache-resident read of the row tile and keep the group's column sums in a
 program-private row of the workspace.
@@ -54,6 +55,7 @@ from seer_kernels.triton._common import (
     num_warps,
     online_logsumexp,
     pow2,
+    programs_per_sm,
     target_programs,
 )
 
@@ -310,9 +312,15 @@ def _codes(
     ONE_TILE: tl.constexpr,
 ):  # fmt: skip
     # codes = softmax_k(z) (NORMALIZE) or scale * exp(z) on (crop, BLOCK_B-row block)
-    # items, z = scores / eps + log_u_p (LU_TOTAL: - the crop's total logsumexp).
+    # items, z = scores / eps + log_u_p (LU_TOTAL: - the crop's total logsumexp). A
+    # program's items are consecutive blocks of one crop but where they cross into the
+    # next: the crop's log_u row (whole rows) and total are built once per crop, not per
+    # block (K loads of log_u and of the accumulator each, and K logs).
     blocks = tl.cdiv(B, BLOCK_B)
     scale = as_fp32(scale)
+    cached = tl.program_id(0) * 0 - 1  # the crop lu_t and offset hold (none yet)
+    offset = tl.zeros([], tl.float32)
+    lu_t = tl.zeros([BLOCK_K], tl.float32)
     for item in range(tl.program_id(0), A * blocks, tl.num_programs(0)):
         a = item // blocks
         row0 = (item % blocks) * BLOCK_B
@@ -325,15 +333,17 @@ def _codes(
         else:
             lu_a = lu + a * 2 * K
         acc_a = acc + tl.cast(a, tl.int64) * n_acc * K
-        offset = 0.0
-        if LU == LU_TOTAL:
-            offset = -_crop_total(lu_a, K, 1024)
+        if a != cached:
+            if LU == LU_TOTAL:
+                offset = -_crop_total(lu_a, K, 1024)
+            if ONE_TILE:
+                if LU == LU_TOTAL:
+                    lu_t = tl.zeros([BLOCK_K], tl.float32) + offset
+                else:
+                    lu_t = _log_u(lu_a, acc_a, p, tl.arange(0, BLOCK_K), K, log_c, inv_fx, LU)
+            cached = a
         if ONE_TILE:
             cols = tl.arange(0, BLOCK_K)
-            if LU == LU_TOTAL:
-                lu_t = tl.zeros([BLOCK_K], tl.float32) + offset
-            else:
-                lu_t = _log_u(lu_a, acc_a, p, cols, K, log_c, inv_fx, LU)
             z = _load_z(src, lu_t, row0, cols, B, K, stride_b, eps, BLOCK_B)
             if NORMALIZE:
                 e = tl.exp(z - tl.max(z, axis=1)[:, None])
@@ -475,6 +485,16 @@ def _row_tile(k: int, max_one_tile: int) -> tuple[int, int, bool]:
     return block_b, block_k, one_tile
 
 
+def _row_warps(one_tile: bool) -> int:
+    """Warps per program of a whole-row pass. It holds log_u, the column sums and a row
+    tile, and flushes 64-bit fixed-point sums: on 4 or 8 warps ptxas capped its registers
+    below what that needs and spilled (by its own occupancy heuristic: 168 registers and
+    16 bytes of spills at K = 3000 on 4 warps, 80 and 4 on 8), on 16 it does not; the
+    wide-row tiles fit 4 warps. benchmarks/results/triton-resources-sm90.md has every
+    configuration's registers and spills."""
+    return 16 if one_tile else 4
+
+
 def _column_tile(a: int, k: int, programs: int) -> tuple[int, int]:
     """(BLOCK_R, BLOCK_C) for the column phase: tiles narrow enough that the crops'
     column tiles give about `programs` programs (16 columns = 64-byte rows at least, so
@@ -565,17 +585,12 @@ class _Plan:
         }
 
     def warps(self, phase: int) -> int:
-        """Warps per program of a phase. A whole-row pass holds log_u, the column sums and
-        a row tile, and flushes 64-bit fixed-point sums: on 4 or 8 warps ptxas capped its
-        registers below what that needs and spilled (by its own occupancy heuristic: 168
-        registers and 16 bytes of spills at K = 3000 on 4 warps, 80 and 4 on 8), on 16 it
-        does not; the wide-row tiles fit 4 warps. benchmarks/results/triton-resources-sm90.md
-        has every configuration's registers and spills."""
+        """Warps per program of a phase (whole-row passes: _row_warps)."""
         if phase == PHASE_COLUMNS:
             return num_warps(self.block_r * self.block_c)
         if phase == PHASE_CODES:
             return num_warps(self.block_b * self.block_k)
-        return 16 if self.one_tile else 4
+        return _row_warps(self.one_tile)
 
 
 def pipeline(
@@ -601,7 +616,8 @@ def pipeline(
     )
     for t in range(1, iterations):
         kernel[(a * plan.groups,)](*args, t, **plan.constexprs(PHASE_ROWS), num_warps=plan.warps(PHASE_ROWS))
-    kernel[(a * triton.cdiv(plan.b, plan.block_b),)](
+    # About `programs` programs, each over consecutive row blocks (one log_u row per crop).
+    kernel[(min(a * triton.cdiv(plan.b, plan.block_b), programs),)](
         *args, 0, **plan.constexprs(PHASE_CODES), num_warps=plan.warps(PHASE_CODES)
     )
     return codes
@@ -631,11 +647,29 @@ def fits_on_chip(scores: torch.Tensor) -> bool:
 def resident_programs(compiled, device: torch.device) -> int:
     """Programs of a compiled kernel that fit on the GPU at once (the cooperative grid's
     bound), from its registers, shared memory and warps."""
-    from seer_kernels.triton._common import programs_per_sm
-
     props = gpu_properties(device)
-    per_sm = programs_per_sm(compiled.n_regs, compiled.metadata.shared, compiled.metadata.num_warps)
+    per_sm = programs_per_sm(compiled.n_regs, compiled.metadata.shared, compiled.metadata.num_warps, props)
     return max(1, per_sm) * props.multi_processor_count
+
+
+# The one-launch path's co-resident programs per device, dtype, alignment of B and K (which
+# Triton specializes on), configuration and warps: the kernel is compiled and measured on
+# the first call of a configuration, not on each.
+_RESIDENT: dict = {}
+
+
+def _resident(plan: _Plan, codes, sem, epsilon: float, warps: int) -> int:
+    s = plan.scores
+    key = (s.device, s.dtype, plan.b % 16 == 0, plan.k % 16 == 0, *plan.constexprs(PHASE_ALL).items(), warps)
+    if key not in _RESIDENT:
+        lu, acc, scratch = plan.workspace()
+        compiled = _sinkhorn_kernel.warmup(
+            *plan.args(codes, lu, acc, scratch, sem, epsilon), 0, **plan.constexprs(PHASE_ALL),
+            num_warps=warps, grid=(1,),
+        )  # fmt: skip
+        compiled._init_handles()
+        _RESIDENT[key] = resident_programs(compiled, s.device)
+    return _RESIDENT[key]
 
 
 def onchip_pipeline(
@@ -660,19 +694,14 @@ def onchip_pipeline(
         raise RuntimeError(
             "onchip_pipeline needs a GPU: the interpreter runs a grid's programs one at a time (use phased=True)"
         )
-    plan = _Plan(scores, iterations, MAX_ONE_TILE, programs or target_programs(scores.device, interpreted=3))
+    target = target_programs(scores.device, interpreted=3)
+    plan = _Plan(scores, iterations, MAX_ONE_TILE, programs or target)
     codes = torch.empty(plan.scores.shape, dtype=torch.float32, device=scores.device)
     sem = _semaphore(scores.device)
     warps = plan.warps(PHASE_ALL)
     if programs is None and not phased and not is_fake(scores):
-        lu, acc, scratch = plan.workspace()
-        compiled = _sinkhorn_kernel.warmup(
-            *plan.args(codes, lu, acc, scratch, sem, epsilon), 0, **plan.constexprs(PHASE_ALL),
-            num_warps=warps, grid=(1,),
-        )  # fmt: skip
-        compiled._init_handles()
-        programs = resident_programs(compiled, scores.device)
-    programs = min(programs or target_programs(scores.device, interpreted=3), plan.items())
+        programs = _resident(plan, codes, sem, epsilon, warps)
+    programs = min(programs or target, plan.items())
     plan.regroup(programs)
     lu, acc, scratch = plan.workspace()
     args = plan.args(codes, lu, acc, scratch, sem, epsilon)
@@ -716,7 +745,7 @@ def sinkhorn_colstats(
     partial = torch.empty((a * groups, k), dtype=torch.float32, device=scores.device)
     wrap_triton(_partials_kernel)[(a * groups,)](
         s, log_u, partial, a, b, k, stride_a, s.stride(-2), epsilon, per,
-        BLOCK_B=block_b, BLOCK_K=block_k, ONE_TILE=one_tile, num_warps=16 if one_tile else 4,
+        BLOCK_B=block_b, BLOCK_K=block_k, ONE_TILE=one_tile, num_warps=_row_warps(one_tile),
     )  # fmt: skip
     block = pow2(k, 1, 64)
     wrap_triton(_sum_groups_kernel)[(triton.cdiv(k, block), a)](
@@ -732,7 +761,8 @@ def sinkhorn_codes(
     log_u = _given_log_u(log_u)
     codes = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
     block_b, block_k, one_tile = _row_tile(k, MAX_ONE_TILE)
-    wrap_triton(_codes_kernel)[(a * triton.cdiv(b, block_b),)](
+    programs = min(a * triton.cdiv(b, block_b), target_programs(scores.device, interpreted=3))
+    wrap_triton(_codes_kernel)[(programs,)](
         s, log_u, codes, a, b, k, stride_a, s.stride(-2), epsilon,
         NORMALIZE=normalize_rows, BLOCK_B=block_b, BLOCK_K=block_k, ONE_TILE=one_tile,
         num_warps=num_warps(block_b * block_k),
