@@ -12,7 +12,8 @@ Every available fused backend against the baselines, all from (V, B, D) embeddin
                       swav_cross_entropy, on the device's default backends (the issue's
                       CPU time and memory targets are ratios to it);
   plain               plain PyTorch SwAV code: F.normalize(e) @ F.normalize(p).T into
-                      lightly's per-pair log-softmax loop.
+                      lightly's per-pair log-softmax loop (the eager reference computes
+                      the same, so it is not timed again).
 Shapes (V, B, D, K) from the issue; A = 2, T = 0.1, fp32. The CPU runs (8, 64, 128, 3000)
 and (10, 256, 256, 65536); the latter's plain baseline holds 2.4 GB and takes ~15 s a call
 on 2 cores. The Triton interpreter is not a performance backend: Triton is benchmarked on
@@ -30,6 +31,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.conftest import bench_devices, peak_bytes, timed
 from seer_kernels import _backend, prototype_cross_entropy, prototype_scores, reference, swav_cross_entropy
 
 SHAPES = [(8, 64, 128, 3000), (8, 256, 128, 3000), (6, 32, 256, 16000), (10, 256, 256, 65536)]
@@ -66,20 +68,16 @@ def composition(e: torch.Tensor, p: torch.Tensor, codes: torch.Tensor, temperatu
     return swav_cross_entropy(scores, codes, temperature)
 
 
-def _devices() -> list[str]:
-    return ["cuda"] if torch.cuda.is_available() else ["cpu"]
-
-
 def _backends(device: str, shape) -> list[str]:
     fused = [b for b in _backend.available_backends(device, op="prototype_cross_entropy") if b != "reference"]
     if device == "cpu":
         fused = [b for b in fused if b != "triton"]  # the interpreter: not a benchmark
     small = device == "cuda" or shape == CPU_SHAPES[0]
-    return [*fused, "composition", "plain", "reference", *(["compiled_reference"] if small else [])]
+    return [*fused, "composition", "plain", *(["compiled_reference"] if small else [])]
 
 
 def _cases():
-    for device in _devices():
+    for device in bench_devices():
         for shape in CPU_SHAPES if device == "cpu" else SHAPES:
             for backend in _backends(device, shape):
                 yield pytest.param(device, shape, backend, id=f"{device}-{shape}-{backend}")
@@ -106,17 +104,18 @@ def loss_fn(backend: str):
     return lambda e, p, c, t: prototype_cross_entropy(e, p, c, t, backend=backend)
 
 
+def head_fn(name: str):
+    """(e, p, codes) -> the loss at TEMPERATURE, for benchmarks/head_cpu.py and
+    tests/test_memory.py: "fused" is the cpu backend, the other names as loss_fn's."""
+    fn = loss_fn("cpu" if name == "fused" else name)
+    return lambda e, p, c: fn(e, p, c, TEMPERATURE)
+
+
 def step(fn, device: str):
     """The timed call: loss and both gradients; GPU work is synchronized inside it."""
-
-    def run(e, p, codes):
-        loss = fn(e, p, codes, TEMPERATURE)
-        grads = torch.autograd.grad(loss, (e, p))
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return grads
-
-    return run
+    return timed(
+        lambda e, p, codes: torch.autograd.grad(fn(e, p, codes, TEMPERATURE), (e, p)), torch.device(device)
+    )
 
 
 def floor(shape) -> tuple[int, int]:
@@ -124,29 +123,6 @@ def floor(shape) -> tuple[int, int]:
     once (fp32); three GEMMs of 2 V B K D FLOPs (scores, G P, G^T E)."""
     v, b, d, k = shape
     return 4 * (2 * (v * b * d + k * d) + A * b * k), 6 * v * b * k * d
-
-
-def _peak_bytes(run, args, device: str) -> int:
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        run(*args)
-        return torch.cuda.max_memory_allocated() - base
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU],
-        profile_memory=True,
-        record_shapes=True,
-        with_stack=True,
-    ) as prof:
-        run(*args)
-    from torch.profiler._memory_profiler import Action
-
-    live = peak = 0
-    for _, action, _, size in sorted(prof._memory_profile().timeline, key=lambda item: item[0]):
-        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
-        peak = max(peak, live)
-    return peak
 
 
 @pytest.mark.parametrize("device, shape, backend", list(_cases()))
@@ -168,6 +144,6 @@ def test_prototype_cross_entropy(benchmark, device, shape, backend):
         direction="forward_backward",
         bytes=nbytes,
         flops=flops,
-        peak_bytes=_peak_bytes(run, (e, p, codes), device),
+        peak_bytes=peak_bytes(run, (e, p, codes), device),
     )
     benchmark.pedantic(run, setup=lambda: ((e, p, codes), {}), rounds=ROUNDS[device], warmup_rounds=1)

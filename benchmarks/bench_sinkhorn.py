@@ -75,7 +75,7 @@ def _rounds(b: int, k: int, iters: int) -> int:
     return 20 if work < 10_000_000 else (5 if work < 200_000_000 else 3)
 
 
-def _scores(b: int, k: int) -> torch.Tensor:
+def cosine_scores(b: int, k: int) -> torch.Tensor:
     """SwAV-like cosine scores of unit embeddings (dim 128) against unit prototypes."""
     gen = torch.Generator().manual_seed(0)
     e = torch.nn.functional.normalize(torch.randn(b, 128, generator=gen), dim=1)
@@ -111,7 +111,7 @@ def _sync() -> None:
 def test_sinkhorn(benchmark, impl, shape):
     torch.set_num_threads(THREADS)
     b, k, iters = shape
-    scores = _scores(b, k)
+    scores = cosine_scores(b, k)
     fn = _impl(impl)
 
     def run(s):
@@ -152,7 +152,7 @@ def _alternating(rounds: int, shape: tuple[int, int, int]) -> None:
 
     torch.set_num_threads(THREADS)
     b, k, iters = shape
-    scores = _scores(b, k)
+    scores = cosine_scores(b, k)
     impls = ["lightly_baseline", *BACKENDS, "swav_baseline", *BACKENDS]
     names = list(dict.fromkeys(impls))
     for name in names * 2:  # warm-up: first touch, codes allocator, kernel tables

@@ -25,6 +25,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.conftest import peak_bytes
 from seer_kernels import _backend, reference, swav_cross_entropy
 
 SHAPES = [(8, 2, 64, 3000), (8, 2, 256, 3000), (6, 2, 16, 16384), (8, 2, 1024, 16384)]
@@ -107,34 +108,6 @@ def _floor(shape, direction: str) -> tuple[int, int]:
     return fwd + 4 * (2 * v * b * k + a * b * k) + 8 * v * b, 2 * flops
 
 
-def _peak_bytes(run, scores, codes, device: str) -> int:
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        run(scores, codes)
-        return torch.cuda.max_memory_allocated() - base
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU],
-        profile_memory=True,
-        record_shapes=True,
-        with_stack=True,
-    ) as prof:
-        run(scores, codes)
-    # The allocator timeline behind prof.export_memory_timeline: CREATE/DESTROY of every
-    # allocation in time order (the inputs are PREEXISTING and not counted).
-    from torch.profiler._memory_profiler import Action
-
-    live = peak = 0
-    for _, action, _, size in sorted(prof._memory_profile().timeline, key=lambda item: item[0]):
-        if action == Action.CREATE:
-            live += size
-        elif action == Action.DESTROY:
-            live -= size
-        peak = max(peak, live)
-    return peak
-
-
 @pytest.mark.parametrize("device, shape, backend, direction", list(_cases()))
 def test_swav_cross_entropy(benchmark, device, shape, backend, direction):
     scores, codes = _inputs(device, shape)
@@ -153,6 +126,6 @@ def test_swav_cross_entropy(benchmark, device, shape, backend, direction):
         direction=direction,
         bytes=nbytes,
         flops=flops,
-        peak_bytes=_peak_bytes(run, scores, codes, device),
+        peak_bytes=peak_bytes(run, (scores, codes), device),
     )
     benchmark.pedantic(run, setup=lambda: ((scores, codes), {}), rounds=ROUNDS[device], warmup_rounds=1)

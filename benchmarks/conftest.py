@@ -34,6 +34,30 @@ def timed(fn, device: torch.device):
     return run
 
 
+def peak_bytes(run, args: tuple, device: str) -> int:
+    """Peak memory one `run(*args)` allocates beyond what is already live: the CUDA
+    allocator's peak on a GPU; on the CPU the allocator timeline of the profiler (every
+    CREATE/DESTROY in time order; the inputs are PREEXISTING and not counted)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run(*args)
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler._memory_profiler import Action
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(
+        activities=activities, profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:
+        run(*args)
+    live = peak = 0
+    for _, action, _, size in sorted(prof._memory_profile().timeline, key=lambda item: item[0]):
+        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
+        peak = max(peak, live)
+    return peak
+
+
 class Rotation:
     """Cycle through `n` independent input sets, so repeated calls do not all hit a
     cache that a single buffer would sit in."""
@@ -58,7 +82,19 @@ def _threads():
 
 
 # Larger than any GPU's L2 (60 MB on an H200): writing it before a round evicts the inputs.
-_L2_FLUSH_BYTES = 256 << 20
+L2_FLUSH_BYTES = 256 << 20
+
+
+def event_timed(fn, flush: torch.Tensor):
+    """(fn's output, its seconds on the GPU): CUDA events around one call, after a write
+    of `flush` (L2_FLUSH_BYTES) that evicts the L2."""
+    flush.zero_()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    out = fn()
+    end.record()
+    end.synchronize()
+    return out, start.elapsed_time(end) / 1e3
 
 
 @pytest.fixture(autouse=True)
@@ -70,19 +106,14 @@ def _device_timer(request):
         yield
         return
     bench = request.getfixturevalue("benchmark")
-    flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
     original = bench.pedantic
     seconds: list[float] = []
 
     def timed_call(target):
         def call(*args, **kwargs):
-            flush.zero_()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = target(*args, **kwargs)
-            end.record()
-            end.synchronize()
-            seconds.append(start.elapsed_time(end) / 1e3)
+            out, s = event_timed(lambda: target(*args, **kwargs), flush)
+            seconds.append(s)
             return out
 
         return call

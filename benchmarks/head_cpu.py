@@ -27,29 +27,18 @@ from pathlib import Path
 import torch
 
 from benchmarks import run
-from benchmarks.bench_prototype_cross_entropy import composition, inputs, plain_swav_loss
+from benchmarks.bench_prototype_cross_entropy import head_fn, inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL, LARGE = (8, 64, 128, 3000), (10, 256, 256, 65536)
 ROUNDS = {SMALL: 31, LARGE: 7}
-T = 0.1
-
-
-def _fns():
-    import seer_kernels as sk
-
-    return {
-        "fused": lambda e, p, c: sk.prototype_cross_entropy(e, p, c, T, backend="cpu"),
-        "composition": lambda e, p, c: composition(e, p, c, T),
-        "plain": lambda e, p, c: plain_swav_loss(e, p, c, T),
-    }
 
 
 def timings(shape, names: list[str], rounds: int) -> dict:
     e, p, codes = inputs("cpu", shape)
     e.requires_grad_(True)
     p.requires_grad_(True)
-    fns = {name: _fns()[name] for name in names}
+    fns = {name: head_fn(name) for name in names}
     for fn in fns.values():  # first touch, thread pools, kernels selected
         torch.autograd.grad(fn(e, p, codes), (e, p))
     seconds = {name: [] for name in names}

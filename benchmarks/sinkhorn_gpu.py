@@ -18,7 +18,6 @@ bytes read plus written).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
@@ -26,16 +25,12 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import run as bench_run
+from benchmarks.bench_sinkhorn import cosine_scores
+from benchmarks.conftest import L2_FLUSH_BYTES, event_timed
+
 SHAPES = [(64, 3000, 3), (256, 3000, 3), (3904, 3000, 3), (32, 16000, 10), (16384, 16384, 3)]
 EPSILON = 0.05
-_FLUSH_BYTES = 256 << 20
-
-
-def _scores(b: int, k: int, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    e = torch.nn.functional.normalize(torch.randn(b, 128, generator=gen), dim=1)
-    p = torch.nn.functional.normalize(torch.randn(k, 128, generator=gen), dim=1)
-    return (e @ p.t()).cuda()
 
 
 def implementations() -> dict:
@@ -44,10 +39,10 @@ def implementations() -> dict:
     from seer_kernels import _backend, reference
     from seer_kernels.triton import sinkhorn as launchers
 
-    impls = {"swav_loop": lambda s, t: reference.swav_sinkhorn_baseline(s, EPSILON, t)}
-    lightly = getattr(reference, "lightly_sinkhorn_baseline", None)
-    if lightly is not None:
-        impls["lightly"] = lambda s, t: lightly(s, EPSILON, t)
+    impls = {
+        "swav_loop": lambda s, t: reference.swav_sinkhorn_baseline(s, EPSILON, t),
+        "lightly": lambda s, t: reference.lightly_sinkhorn_baseline(s, EPSILON, t),
+    }
     for name in list(impls):  # one dynamic compile serves every shape (the call's budget)
         impls[f"{name}_compiled"] = torch.compile(impls[name], dynamic=True)
     impls["default"] = lambda s, t: sk.sinkhorn(s, epsilon=EPSILON, iterations=t)
@@ -75,24 +70,7 @@ def _min_group_rows(rows: int, fn, *args):
 
 
 def _time(fn, flush: torch.Tensor, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
-
-
-def copy_bandwidth(flush: torch.Tensor) -> float:
-    """Bytes read plus written per second of a 1 GiB device-to-device copy."""
-    src = torch.randn(1 << 28, device="cuda")
-    dst = torch.empty_like(src)
-    seconds = _time(lambda: dst.copy_(src), flush, 10)
-    return 2 * src.numel() * src.element_size() / seconds
+    return statistics.median(event_timed(fn, flush)[1] for _ in range(rounds))
 
 
 def measure(name: str, fn, scores: torch.Tensor, iterations: int, oracle, flush, rounds: int) -> dict:
@@ -122,12 +100,13 @@ def run(rounds: int) -> dict:
     from seer_kernels.triton import sinkhorn as launchers
 
     props = torch.cuda.get_device_properties(0)
-    flush = torch.empty(_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
-    bandwidth = copy_bandwidth(flush)
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    # Bytes read plus written per second of a 1 GiB device-to-device copy.
+    bandwidth = bench_run.ceilings(torch.device("cuda"))["copy_GBps"] * 1e9
     impls = implementations()
     rows = []
     for b, k, t in SHAPES:
-        scores = _scores(b, k)
+        scores = cosine_scores(b, k)
         oracle = reference.sinkhorn(scores.double(), EPSILON, t)
         pass_bytes = (t + 1) * scores.numel() * scores.element_size() + 4 * scores.numel()
         for name, fn in impls.items():
@@ -140,25 +119,17 @@ def run(rounds: int) -> dict:
         del oracle
     # "device", not "machine": benchmarks/readme.py takes files with a "machine" key for
     # the README's per-machine tables of benchmarks/run.py.
+    info = bench_run.machine(torch.device("cuda"))
     return {
         "device": {
             "gpu": props.name,
             "sms": props.multi_processor_count,
             "l2_bytes": props.L2_cache_size,
-            "torch": torch.__version__,
-            "triton": _version("triton"),
-            "date": datetime.date.today().isoformat(),
+            **{key: info[key] for key in ("torch", "triton", "date")},
             "copy_bandwidth_Bps": bandwidth,
         },
         "rows": rows,
     }
-
-
-def _version(module: str) -> str:
-    try:
-        return __import__(module).__version__
-    except ImportError:
-        return "-"
 
 
 def _ms(x) -> str:

@@ -151,12 +151,9 @@ def test_training_rss_soak_2000_steps(tmp_path):
 # is refused the peak of earlier phases can only raise the figure, never hide growth).
 # MALLOC_MMAP_THRESHOLD_ (set by the test) keeps large blocks out of the heap, so memory
 # freed before a phase is returned to the system, not silently reused by the phase.
-OP_SCRIPT = textwrap.dedent(
+PHASE = textwrap.dedent(
     """
-    import json, sys
-    import torch
     from seer.monitor import peak_rss_mb, rss_mb
-    from seer_kernels import prototype_cross_entropy, prototype_scores, sinkhorn, swav_cross_entropy
 
     def phase(fn):
         try:
@@ -167,6 +164,13 @@ OP_SCRIPT = textwrap.dedent(
         before = rss_mb()
         out = fn()
         return out, int((peak_rss_mb() - before) * 2**20)
+    """
+)
+OP_SCRIPT = PHASE + textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from seer_kernels import prototype_cross_entropy, prototype_scores, sinkhorn, swav_cross_entropy
 
     op, threads = sys.argv[1], int(sys.argv[2])
     n, k, d, v, a = (int(x) for x in sys.argv[3:8])
@@ -286,37 +290,22 @@ def test_cpu_op_memory_at_large_k_stays_within_the_documented_workspace(op, n):
 # process: the fused op, today's fused ops composed (prototype_scores into
 # swav_cross_entropy) and plain PyTorch SwAV code (F.normalize(e) @ F.normalize(p).T into
 # lightly's per-pair log-softmax loop). Prints the peak RSS growth in bytes.
-HEAD_SCRIPT = textwrap.dedent(
+HEAD_SCRIPT = PHASE + textwrap.dedent(
     """
     import sys
     import torch
-    import torch.nn.functional as F
-    from seer.monitor import peak_rss_mb, rss_mb
-    import seer_kernels as sk
-    from benchmarks.bench_prototype_cross_entropy import composition, plain_swav_loss
+    from benchmarks.bench_prototype_cross_entropy import head_fn
 
     which = sys.argv[1]
     v, b, d, k, a = (int(x) for x in sys.argv[2:7])
-    fns = {
-        "fused": lambda e, p, c: sk.prototype_cross_entropy(e, p, c, 0.1, backend="cpu"),
-        "composition": lambda e, p, c: composition(e, p, c, 0.1),
-        "plain": lambda e, p, c: plain_swav_loss(e, p, c, 0.1),
-    }
-    fn = fns[which]
+    fn = head_fn(which)
     g = torch.Generator().manual_seed(0)
     e0, p0 = torch.randn(v, 4, d, requires_grad=True), torch.randn(16, d, requires_grad=True)
     fn(e0, p0, torch.softmax(torch.randn(a, 4, 16), -1)).backward()  # kernels and threads set up
     e = torch.randn(v, b, d, generator=g).requires_grad_()
     p = torch.randn(k, d, generator=g).requires_grad_()
     codes = torch.softmax(torch.randn(a, b, k, generator=g), -1)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    before = rss_mb()
-    fn(e, p, codes).backward()
-    print(int((peak_rss_mb() - before) * 2**20))
+    print(phase(lambda: fn(e, p, codes).backward())[1])
     """
 )
 
