@@ -72,42 +72,54 @@ QueueScores = torch.Tensor | Sequence[torch.Tensor] | None
 # ------------------------------------------------------------------------ checks
 
 
-def _score_matrix(name: str, value, k: int | None = None) -> torch.Tensor:
-    """A (rows, K) score tensor, K matching `k` when given."""
+# The checks below take the name of a crop's last dimension: K for scores (SwAVLoss,
+# swav_loss), D for embeddings (SwAVPrototypeLoss, swav_prototype_loss).
+_LAST = {"K": "prototypes", "D": "features"}
+
+
+def _score_matrix(name: str, value, k: int | None = None, last: str = "K") -> torch.Tensor:
+    """A (rows, K) score tensor (or (rows, D) embeddings), K matching `k` when given."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D (B, K) tensor, got shape {tuple(value.shape)}")
+        raise ValueError(f"{name} must be a 2-D (B, {last}) tensor, got shape {tuple(value.shape)}")
     if k is not None and value.shape[1] != k:
         raise ValueError(
-            f"{name} has K={value.shape[1]} prototypes but the crops have K={k} (shape {tuple(value.shape)})"
+            f"{name} has {last}={value.shape[1]} {_LAST[last]} but the crops have {last}={k} "
+            f"(shape {tuple(value.shape)})"
         )
     return value
 
 
-def _crop_list(name: str, crops) -> list[torch.Tensor]:
+def _crop_list(name: str, crops, last: str = "K") -> list[torch.Tensor]:
     """A list of per-crop tensors from a list/tuple of them or a stacked tensor."""
     if isinstance(crops, torch.Tensor):
         if crops.dim() != 3:
-            raise ValueError(f"{name} as one tensor must be (n_crops, B, K), got shape {tuple(crops.shape)}")
+            raise ValueError(
+                f"{name} as one tensor must be (n_crops, B, {last}), got shape {tuple(crops.shape)}"
+            )
         return list(crops.unbind(0))
     if not isinstance(crops, Sequence):
-        raise TypeError(f"{name} must be a list of (B, K) tensors, got {type(crops).__name__}")
+        raise TypeError(f"{name} must be a list of (B, {last}) tensors, got {type(crops).__name__}")
     return list(crops)
 
 
-def _check_crops(high: list[torch.Tensor], low: list[torch.Tensor]) -> None:
-    """Every crop must be (B, K) with the same B and K as the first high-resolution crop."""
+def _check_crops(
+    high: list[torch.Tensor], low: list[torch.Tensor], kind: str = "outputs", last: str = "K"
+) -> None:
+    """Every crop must be (B, K) with the same B and K as the first high-resolution crop;
+    `kind` names the arguments (high_resolution_{kind}, low_resolution_{kind})."""
+    first = f"high_resolution_{kind}"
     if len(high) == 0:
-        raise ValueError("high_resolution_outputs must hold at least one crop, got an empty list")
-    shape = _score_matrix("high_resolution_outputs[0]", high[0]).shape
-    for group, crops in (("high_resolution_outputs", high), ("low_resolution_outputs", low)):
+        raise ValueError(f"{first} must hold at least one crop, got an empty list")
+    shape = _score_matrix(f"{first}[0]", high[0], last=last).shape
+    for group, crops in ((first, high), (f"low_resolution_{kind}", low)):
         for i, crop in enumerate(crops):
-            _score_matrix(f"{group}[{i}]", crop, shape[1])
+            _score_matrix(f"{group}[{i}]", crop, shape[1], last)
             if crop.shape != shape:
                 raise ValueError(
-                    f"every crop must have the shape (B, K) = {tuple(shape)} of "
-                    f"high_resolution_outputs[0], got {group}[{i}] of shape {tuple(crop.shape)}"
+                    f"every crop must have one (B, {last}) shape, {tuple(shape)} as {first}[0], "
+                    f"got {group}[{i}] of shape {tuple(crop.shape)}"
                 )
     if len(high) + len(low) < 2:
         raise ValueError(
@@ -136,11 +148,13 @@ def _check_queue(queue_scores: QueueScores, n_assign: int, k: int) -> list[torch
     return [_score_matrix(f"queue_outputs[{i}]", q, k) for i, q in enumerate(queue)]
 
 
-def _check_stacked(scores, n_assign) -> None:
+def _check_stacked(scores, n_assign, name: str = "scores", last: str = "K") -> None:
+    """`scores` (V, B, K) (or embeddings (V, B, D)) of V crops, the first n_assign of them
+    assignment crops."""
     if not isinstance(scores, torch.Tensor):
-        raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
     if scores.dim() != 3:
-        raise ValueError(f"scores must be a 3-D (V, B, K) tensor, got shape {tuple(scores.shape)}")
+        raise ValueError(f"{name} must be a 3-D (V, B, {last}) tensor, got shape {tuple(scores.shape)}")
     if isinstance(n_assign, bool) or not isinstance(n_assign, int):
         raise TypeError(f"n_assign must be an int, got {type(n_assign).__name__}")
     if not 1 <= n_assign <= scores.shape[0]:
@@ -300,19 +314,12 @@ class SwAVLoss(_SwAVSettings):
 
 
 def _check_embeddings(embeddings, n_assign, queue_embeddings) -> torch.Tensor | None:
-    if not isinstance(embeddings, torch.Tensor):
-        raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
-    if embeddings.dim() != 3:
-        raise ValueError(f"embeddings must be a 3-D (V, B, D) tensor, got shape {tuple(embeddings.shape)}")
-    if isinstance(n_assign, bool) or not isinstance(n_assign, int):
-        raise TypeError(f"n_assign must be an int, got {type(n_assign).__name__}")
-    v, _, d = embeddings.shape
-    if not 1 <= n_assign <= v:
-        raise ValueError(f"n_assign must be in [1, V={v}], got {n_assign}")
+    _check_stacked(embeddings, n_assign, "embeddings", "D")
+    d = embeddings.shape[2]
     if queue_embeddings is None:
         return None
     if not isinstance(queue_embeddings, torch.Tensor):
-        queue_embeddings = torch.stack(_crop_list("queue_embeddings", queue_embeddings))
+        queue_embeddings = torch.stack(_crop_list("queue_embeddings", queue_embeddings, "D"))
     if queue_embeddings.dim() != 3 or queue_embeddings.shape[0] != n_assign or queue_embeddings.shape[2] != d:
         raise ValueError(
             f"queue_embeddings must be (A={n_assign}, Q, D={d}): one (Q, D) tensor per assignment crop, "
@@ -404,15 +411,9 @@ class SwAVPrototypeLoss(_SwAVSettings):
         queue_embeddings: torch.Tensor | Sequence[torch.Tensor] | None = None,
         step: int | None = None,
     ) -> torch.Tensor:
-        high = _crop_list("high_resolution_embeddings", high_resolution_embeddings)
-        low = _crop_list("low_resolution_embeddings", low_resolution_embeddings)
-        if not high:
-            raise ValueError("high_resolution_embeddings must hold at least one crop, got an empty list")
-        if len(high) + len(low) < 2:
-            raise ValueError("SwAV's swapped prediction needs at least two crops, got one")
-        shapes = {tuple(x.shape) for x in high + low}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-            raise ValueError(f"every crop's embeddings must be one (B, D) shape, got shapes {sorted(shapes)}")
+        high = _crop_list("high_resolution_embeddings", high_resolution_embeddings, "D")
+        low = _crop_list("low_resolution_embeddings", low_resolution_embeddings, "D")
+        _check_crops(high, low, "embeddings", "D")
         fused = functools.partial(
             swav_prototype_loss, n_assign=len(high), queue_embeddings=queue_embeddings, **self._settings()
         )

@@ -1,6 +1,7 @@
 """GPU checks (`pytest -m gpu`, run by benchmarks/gpu_check.sh on a lent GPU): every GPU
 backend of every op against float64 on the device, forward and backward, under autocast
-and under torch.compile with the inductor (Triton) backend. Skipped without a GPU."""
+and under torch.compile with the inductor (Triton) backend; and the trainer's augmentation
+on CUDA batches against the CPU. Skipped without a GPU."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import seer_kernels as sk
+from seer.augment import MultiCrop, color_jitter
+from seer.config import load_config
 from seer_kernels import _registry, reference
 from tests.tolerance import assert_close_rule
 
@@ -126,3 +129,24 @@ def test_compile_fullgraph_gpu(backend):
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
     compiled.backward()
     assert torch.isfinite(e.grad).all()
+
+
+def test_color_jitter_in_a_random_order_on_cuda_matches_the_cpu():
+    """The per-sample order groups the crops on the CPU (CUDA has no int64 matmul), as
+    MultiCrop draws it and with the order itself on the device."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 3, 20, 20, generator=gen)
+    b, c, s = (0.2 + 1.6 * torch.rand(16, generator=gen, dtype=torch.float64) for _ in range(3))
+    h = 0.4 * torch.rand(16, generator=gen, dtype=torch.float64) - 0.2
+    order = torch.argsort(torch.rand(16, 4, generator=gen), dim=1)
+    cpu = color_jitter(x, b, c, s, h, order=order)
+    for o in (order, order.cuda()):
+        torch.testing.assert_close(color_jitter(x.cuda(), b, c, s, h, order=o).cpu(), cpu, atol=1e-4, rtol=0)
+    cfg = load_config("photos").augment  # colour jitter 0.8, in a random order per crop
+    cfg.global_size, cfg.local_size = 24, 12
+    images = torch.rand(4, 3, 32, 32, generator=gen)
+    on_cpu = MultiCrop(cfg)(images, torch.Generator().manual_seed(1))
+    on_gpu = MultiCrop(cfg)(images.cuda(), torch.Generator().manual_seed(1))
+    for a, g in zip(on_cpu, on_gpu, strict=True):
+        assert g.is_cuda
+        torch.testing.assert_close(g.cpu(), a, atol=1e-3, rtol=0)

@@ -17,13 +17,9 @@ several K tiles per program).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
+from processes import run_with_capability
 from tolerance import assert_close_rule
 
 import seer_kernels as sk
@@ -226,8 +222,7 @@ def test_cpu_is_bitwise_independent_of_the_thread_count():
 def test_cpu_capability_units(capability):
     """The DEFAULT and AVX2 units run in a subprocess with ATEN_CPU_CAPABILITY (read once
     per process); the machine's best unit runs in this one."""
-    script = textwrap.dedent(
-        """
+    script = """
         import torch, seer_kernels as sk
         from seer_kernels import reference
         g = torch.Generator().manual_seed(0)
@@ -243,13 +238,7 @@ def test_cpu_capability_units(capability):
         print(torch.backends.cpu.get_cpu_capability(), float((got - want).abs().max()),
               float((same - want).abs().max()))
         """
-    )
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
-    out = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=True
-    ).stdout.split()
-    assert out[0].lower() == capability, f"capability not applied: {out}"
-    err, ref_err = float(out[1]), float(out[2])
+    err, ref_err = map(float, run_with_capability(script, capability))
     assert err <= 2 * ref_err + 1e-8, f"{capability}: grad error {err:.3e} vs reference {ref_err:.3e}"
 
 

@@ -16,9 +16,6 @@ import importlib
 import itertools
 import os
 import socket
-import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
@@ -29,6 +26,7 @@ import torch.multiprocessing as mp
 import seer_kernels as sk
 from seer_kernels import _backend, _registry, reference
 from seer_kernels.ops import sinkhorn as sinkhorn_module
+from tests.processes import run_with_capability
 from tests.tolerance import assert_close_rule
 
 BACKENDS = [b for b in _backend.available_backends("cpu", op="sinkhorn") if b != "reference"]
@@ -133,11 +131,11 @@ def test_cpu_issue_grid(b, k, iters, eps, dtype):
 def test_cpu_lower_instruction_sets(capability):
     """The AVX2 and baseline kernel tables (ATEN_CPU_CAPABILITY picks them) on a few
     shapes with vector tails, in a fresh process."""
-    script = textwrap.dedent(
-        """
+    script = """
         import torch, seer_kernels as sk
         from seer_kernels import reference
         from tests.tolerance import assert_close_rule
+        print(torch.backends.cpu.get_cpu_capability())
         for b, k, it, eps, dt in [(7, 3, 3, 0.01, torch.float32), (64, 257, 10, 0.05, torch.float16),
                                   (33, 1000, 0, 0.03, torch.bfloat16), (9, 20, 1, 0.5, torch.float32)]:
             g = torch.Generator().manual_seed(b)
@@ -145,15 +143,8 @@ def test_cpu_lower_instruction_sets(capability):
             out = sk.sinkhorn(s, epsilon=eps, iterations=it, backend="cpu")
             assert_close_rule(out, reference.sinkhorn(s, eps, it), reference.sinkhorn(s.double(), eps, it),
                               dt, floor=2e-6, what=f"{b}x{k}")
-        print(torch.backends.cpu.get_cpu_capability())
         """
-    )
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability, PYTHONPATH=os.getcwd())
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().lower() == capability
+    run_with_capability(script, capability)
 
 
 @needs_cpu

@@ -12,13 +12,9 @@ the Triton interpreter runs Python per program, so its shapes stay small.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
+from processes import run_with_capability
 from tolerance import assert_close_rule
 
 import seer_kernels as sk
@@ -224,8 +220,7 @@ def test_triton_lse_output():
 def test_cpu_capability_units(capability):
     """The AVX-512 unit runs in this process on an AVX-512 machine; the DEFAULT and AVX2
     units run here in a subprocess with ATEN_CPU_CAPABILITY (read once per process)."""
-    script = textwrap.dedent(
-        """
+    script = """
         import torch, seer_kernels as sk
         from seer_kernels import reference
         torch.manual_seed(0)
@@ -242,13 +237,7 @@ def test_cpu_capability_units(capability):
         err, ref_err = (x.grad.double() - x64.grad).abs().max(), (x32.grad.double() - x64.grad).abs().max()
         print(torch.backends.cpu.get_cpu_capability(), float(err), float(ref_err))
         """
-    )
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
-    out = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=True
-    ).stdout.split()
-    assert out[0].lower() == capability, f"capability not applied: {out}"
-    err, ref_err = float(out[1]), float(out[2])
+    err, ref_err = map(float, run_with_capability(script, capability))
     assert err <= 2 * ref_err + 2e-6, f"{capability}: grad error {err:.3e} vs reference {ref_err:.3e}"
 
 

@@ -86,35 +86,51 @@ class _Net(nn.Module):
         return self.prototypes(z, step).reshape(v, b, -1)
 
 
-def _train(loss_fn, rank: int, backend: str) -> list[torch.Tensor]:
+def _fit(net: type, backend: str, rank: int, loss_of) -> list[torch.Tensor]:
+    """Four DDP steps of `net` (built after seed 0) on this rank's data; `loss_of(ddp,
+    views, step)` is a step's loss. Returns the trained parameters."""
     torch.manual_seed(0)
-    model = _Net(backend)
+    model = net(backend)
     # Unused while the prototypes are frozen (steps 0 and 1): find_unused_parameters.
     ddp = DistributedDataParallel(model, find_unused_parameters=True)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
     g = torch.Generator().manual_seed(1 + rank)  # each rank its own data
     for step in range(4):
         model.prototypes.normalize()
-        scores = ddp(torch.randn(4, 8, 12, generator=g), step)
-        loss = loss_fn(list(scores[:2]), list(scores[2:]))
+        loss = loss_of(ddp, torch.randn(4, 8, 12, generator=g), step)
         opt.zero_grad()
         loss.backward()
         opt.step()
     return [p.detach().clone() for p in model.parameters()]
 
 
-def _check_ddp_training(rank: int, backend: str, gather: bool) -> None:
+def _train(loss_fn, rank: int, backend: str) -> list[torch.Tensor]:
+    def loss_of(ddp, views, step):
+        scores = ddp(views, step)
+        return loss_fn(list(scores[:2]), list(scores[2:]))
+
+    return _fit(_Net, backend, rank, loss_of)
+
+
+def _assert_same_on_every_rank(params: list[torch.Tensor]) -> None:
+    flat = torch.cat([p.flatten() for p in params])
+    gathered = [torch.empty_like(flat) for _ in range(WORLD)]
+    dist.all_gather(gathered, flat)
+    torch.testing.assert_close(gathered[0], gathered[1], rtol=0, atol=0)
+
+
+def _check_ddp_training(rank: int, backend: str, gather: bool) -> list[torch.Tensor]:
+    """SwAVLoss under DDP ends where lightly's SwaVLoss ends, the same on both ranks;
+    returns its parameters."""
     ours = _train(SwAVLoss(sinkhorn_gather_distributed=gather, backend=backend), rank, backend)
     theirs = _train(lightly_loss.SwaVLoss(sinkhorn_gather_distributed=gather), rank, backend)
-    torch.manual_seed(0)  # the seed of _train: the initial parameters
+    torch.manual_seed(0)  # the seed of _fit: the initial parameters
     start = [p.detach() for p in _Net(backend).parameters()]
     assert any(not torch.equal(a, s) for a, s in zip(ours, start, strict=True)), "training must move"
     for a, t in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, t, rtol=1e-4, atol=1e-6)
-    flat = torch.cat([p.flatten() for p in ours])
-    gathered = [torch.empty_like(flat) for _ in range(WORLD)]
-    dist.all_gather(gathered, flat)
-    torch.testing.assert_close(gathered[0], gathered[1], rtol=0, atol=0)
+    _assert_same_on_every_rank(ours)
+    return ours
 
 
 class _FusedNet(_Net):
@@ -127,40 +143,23 @@ class _FusedNet(_Net):
         return criterion(list(z[:2]), list(z[2:]), self.prototypes, step=step)
 
 
-def _check_fused_ddp_training(rank: int, backend: str, gather: bool) -> None:
-    """The fused head trained under DDP ends where the scores-taking loss ends, and the
-    same on both ranks."""
-    torch.manual_seed(0)
-    model = _FusedNet(backend)
-    ddp = DistributedDataParallel(model, find_unused_parameters=True)
-    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+def _check_fused_ddp_training(rank: int, backend: str, gather: bool, scores: list[torch.Tensor]) -> None:
+    """The fused head trained under DDP ends where the scores-taking loss ended
+    (`scores`, _check_ddp_training's parameters), and the same on both ranks."""
     criterion = SwAVPrototypeLoss(sinkhorn_gather_distributed=gather, backend=backend)
-    g = torch.Generator().manual_seed(1 + rank)
-    for step in range(4):
-        model.prototypes.normalize()
-        loss = ddp(torch.randn(4, 8, 12, generator=g), step, criterion)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    fused = [p.detach().clone() for p in model.parameters()]
-    scores = _train(SwAVLoss(sinkhorn_gather_distributed=gather, backend=backend), rank, backend)
+    fused = _fit(_FusedNet, backend, rank, lambda ddp, views, step: ddp(views, step, criterion))
     for a, t in zip(fused, scores, strict=True):
         torch.testing.assert_close(a, t, rtol=1e-4, atol=1e-6)
-    flat = torch.cat([p.flatten() for p in fused])
-    gathered = [torch.empty_like(flat) for _ in range(WORLD)]
-    dist.all_gather(gathered, flat)
-    torch.testing.assert_close(gathered[0], gathered[1], rtol=0, atol=0)
+    _assert_same_on_every_rank(fused)
 
 
 def _worker(rank: int, init_file: str, backend: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        _check_ddp_training(rank, backend, gather=False)
-        _check_fused_ddp_training(rank, backend, gather=False)
+        _check_fused_ddp_training(rank, backend, False, _check_ddp_training(rank, backend, gather=False))
         _check_loss(rank, backend)
-        _check_ddp_training(rank, backend, gather=True)
-        _check_fused_ddp_training(rank, backend, gather=True)
+        _check_fused_ddp_training(rank, backend, True, _check_ddp_training(rank, backend, gather=True))
     finally:
         dist.destroy_process_group()
 
