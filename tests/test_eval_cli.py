@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -63,14 +64,27 @@ def test_end_to_end_on_the_trainers_checkpoint(
     assert (tmp_path / "eval.md").read_text() in stdout
 
 
-def test_progress_names_the_swav_trunk_as_the_table_does(
-    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+def test_progress_names_the_swav_trunk_as_the_table_does_and_bars_only_on_a_terminal(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     args = ["--fractions", "1", "--weight-decays", "1e-3", "--baselines", "pixels", "--out", str(tmp_path)]
     assert main([str(run_dir), *args]) == 0
     out, err = capsys.readouterr()
-    assert "SwAV trunk: train features" in err and "SwAV trunk: dim 368" in err
+    assert "SwAV trunk: dim 368" in err
     assert "| SwAV trunk " in out and "SSL trunk" not in err + out
+    # Sent to a file (not a terminal), the log has the per-set lines and no bars: tqdm's
+    # carriage returns would make it one endless line.
+    assert "\r" not in err and "train features" not in err
+    # On a terminal, the bars name the trunk as the table does.
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main([str(run_dir), *args]) == 0
+    assert "SwAV trunk: train features" in terminal.getvalue() and "SSL trunk" not in terminal.getvalue()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
 
 def test_exported_backbone_of_another_architecture_is_refused(

@@ -16,6 +16,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 
+def bar(iterable, desc: str, progress: bool, **kwargs):
+    """A tqdm bar over `iterable` when `progress` and stderr is a terminal (tqdm's
+    disable=None): sent to a file, its carriage returns would make one endless line, and
+    the per-set result lines already say what ran."""
+    return tqdm(iterable, desc=desc, disable=None if progress else True, leave=False, **kwargs)
+
+
 def pooled(output: Tensor) -> Tensor:
     """Global average pool a (B, D, h, w) map to (B, D); (B, D) passes through."""
     if output.dim() == 4:
@@ -64,7 +71,7 @@ def extract_features(
     model.eval().to(device)
     features, labels = [], []
     batches = _loader(dataset, batch_size, num_workers, device)
-    for images, targets in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+    for images, targets in bar(batches, desc, progress, unit="batch"):
         images = images.to(device, non_blocking=True)
         with _autocast(device, amp):
             output = pooled(model(images))
@@ -110,7 +117,7 @@ def reestimate_batchnorm(
     drop_last = len(dataset) > batch_size  # type: ignore[arg-type]
     batches = _loader(dataset, batch_size, num_workers, device, drop_last=drop_last)
     try:
-        for images, _ in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+        for images, _ in bar(batches, desc, progress, unit="batch"):
             model(images.to(device, non_blocking=True))
     finally:
         for bn, momentum in zip(layers, saved_momentum, strict=True):

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from seer.evaluation.features import bar
 from seer.evaluation.knn import knn_predict
 from seer.evaluation.lowshot import draw_seeds, per_class_counts, sample_per_class
 from seer.evaluation.probe import (
@@ -139,7 +139,7 @@ def evaluate_features(
     train_y, test_y = train_labels.to(device), test_labels.to(device)
     jobs = [(f, i, idx) for f, draws in subsets.by_fraction.items() for i, idx in enumerate(draws)]
     scores = {f: FractionScore(f, subsets.num_labels(f), [], []) for f in subsets.by_fraction}
-    for fraction, draw, indices in tqdm(jobs, desc=f"{name}: probe", disable=not progress, leave=False):
+    for fraction, draw, indices in bar(jobs, f"{name}: probe", progress):
         indices = indices.to(device)
         fitted = train_linear_probe(
             train_x[indices],
